@@ -1,0 +1,152 @@
+"""Frozen settings with named defaults and validation. Environment variables are read here only."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from backfill_quality.errors import ConfigError
+
+DEFAULT_TABLE = "images"
+DEFAULT_ID_COLUMN = "id"
+DEFAULT_URL_COLUMN = "url"
+DEFAULT_SCORE_COLUMN = "quality_score"
+DEFAULT_CHECKPOINT = Path(".backfill-progress.json")
+DEFAULT_BATCH_SIZE = 50
+MAX_BATCH_SIZE = 50
+DEFAULT_CONCURRENCY = 16
+MAX_CONCURRENCY = 1024
+DEFAULT_TIMEOUT_S = 30.0
+DEFAULT_MAX_BYTES = 25_000_000
+DEFAULT_RETRIES = 3
+MAX_URL_LENGTH = 8192
+DEFAULT_MAX_PIXELS = 100_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class Thresholds:
+    """The scoring thresholds of SPEC section 5 (all configurable)."""
+
+    min_bird_area: float = 0.15
+    max_bird_area: float = 0.80
+    min_visible_ratio: float = 0.60
+    min_pixels: int = 120_000
+    min_short_side: int = 400
+    min_brightness: float = 40.0
+    max_brightness: float = 220.0
+    edge_margin: float = 0.05
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.min_bird_area < self.max_bird_area < 1.0:
+            raise ConfigError("bird area thresholds need 0 <= min < max < 1")
+        if not 0.0 < self.min_visible_ratio <= 1.0:
+            raise ConfigError("min visible ratio must be in (0, 1]")
+        if not 0.0 < self.min_brightness < self.max_brightness < 255.0:
+            raise ConfigError("brightness thresholds need 0 < min < max < 255")
+        if self.min_pixels <= 0 or self.min_short_side < 0:
+            raise ConfigError("resolution thresholds must be positive")
+        if not 0.0 <= self.edge_margin < 0.5:
+            raise ConfigError("edge margin must be in [0, 0.5)")
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Which table and columns the backfill reads and writes."""
+
+    table: str = DEFAULT_TABLE
+    id_column: str = DEFAULT_ID_COLUMN
+    url_column: str = DEFAULT_URL_COLUMN
+    score_column: str = DEFAULT_SCORE_COLUMN
+    schema: str | None = None
+
+    def __post_init__(self) -> None:
+        for label, name in (
+            ("--table", self.table),
+            ("--id-column", self.id_column),
+            ("--url-column", self.url_column),
+            ("--score-column", self.score_column),
+        ):
+            if not name or "\x00" in name or len(name) > 63:
+                raise ConfigError(f"{label}: {name!r} is not a usable PostgreSQL identifier")
+
+
+@dataclass(frozen=True, slots=True)
+class FetchSettings:
+    """How images are downloaded."""
+
+    timeout_s: float = DEFAULT_TIMEOUT_S
+    max_bytes: int = DEFAULT_MAX_BYTES
+    retries: int = DEFAULT_RETRIES
+    max_rps: float | None = None
+    concurrency: int = DEFAULT_CONCURRENCY
+    deny_private_networks: bool = False
+    max_redirects: int = 5
+    backoff_base_s: float = 0.5
+    backoff_cap_s: float = 30.0
+    retry_after_cap_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        if not self.timeout_s > 0:
+            raise ConfigError("--timeout must be greater than 0 seconds")
+        if self.max_bytes < 1:
+            raise ConfigError("--max-bytes must be at least 1")
+        if not 0 <= self.retries <= 20:
+            raise ConfigError("--retries must be between 0 and 20")
+        if self.max_rps is not None and not self.max_rps > 0:
+            raise ConfigError("--max-rps must be greater than 0")
+        if not 1 <= self.concurrency <= MAX_CONCURRENCY:
+            raise ConfigError(f"--concurrency must be between 1 and {MAX_CONCURRENCY}")
+
+
+@dataclass(frozen=True, slots=True)
+class Shard:
+    """Worker K of N (0-based index) over a contiguous slice of the key space."""
+
+    index: int
+    count: int
+
+    def __post_init__(self) -> None:
+        if self.count < 1 or not 0 <= self.index < self.count:
+            raise ConfigError(f"--shard: need 0 <= K < N, got {self.index}/{self.count}")
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+
+@dataclass(frozen=True, slots=True)
+class RunSettings:
+    """Everything one `run` needs."""
+
+    database_url: str
+    target: Target = field(default_factory=Target)
+    fetch: FetchSettings = field(default_factory=FetchSettings)
+    thresholds: Thresholds = field(default_factory=Thresholds)
+    batch_size: int = DEFAULT_BATCH_SIZE
+    delay_ms: int = 0
+    dry_run: bool = False
+    resume: bool = False
+    restart: bool = False
+    retry_failed: bool = False
+    checkpoint_path: Path = DEFAULT_CHECKPOINT
+    limit: int | None = None
+    shard: Shard | None = None
+    workers: int | None = None
+    max_pixels: int = DEFAULT_MAX_PIXELS
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.batch_size <= MAX_BATCH_SIZE:
+            raise ConfigError(f"--batch-size must be between 1 and {MAX_BATCH_SIZE}")
+        if self.delay_ms < 0:
+            raise ConfigError("--delay must be 0 or more milliseconds")
+        if self.limit is not None and self.limit < 1:
+            raise ConfigError("--limit must be at least 1")
+        if self.resume and self.restart:
+            raise ConfigError("--resume and --restart cannot be used together")
+        if self.workers is not None and self.workers < 1:
+            raise ConfigError("--workers must be at least 1")
+
+
+def database_url_from_env() -> str:
+    """The DATABASE_URL environment variable, or '' to let libpq read the PG* variables."""
+    return os.environ.get("DATABASE_URL", "")

@@ -1,0 +1,48 @@
+"""The project's exceptions: one family, each translated from the library error at the boundary."""
+
+from __future__ import annotations
+
+
+class BackfillError(Exception):
+    """Base of every error this tool raises on purpose; its message is meant for the user."""
+
+    exit_code = 1
+
+
+class ConfigError(BackfillError):
+    """A setting or an option is wrong (bad value, unknown table or column)."""
+
+    exit_code = 2
+
+
+class DatabaseError(BackfillError):
+    """The database could not be reached or a statement failed."""
+
+    def __init__(self, message: str, *, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+class CheckpointError(BackfillError):
+    """The checkpoint file is unreadable, malformed, from another target, or cannot be written."""
+
+
+class FetchError(BackfillError):
+    """An image could not be downloaded; `retryable` says whether another attempt may succeed."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retryable: bool = False,
+        retry_after_s: float | None = None,
+        attempts: int = 1,
+    ) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+        self.retry_after_s = retry_after_s
+        self.attempts = attempts
+
+
+class DecodeError(BackfillError):
+    """The bytes are not an image we can decode (not an image, truncated, too many pixels)."""

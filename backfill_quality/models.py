@@ -1,0 +1,86 @@
+"""Small frozen records passed between layers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+RowId = str | int
+Category = Literal["high", "medium", "low"]
+
+
+@dataclass(frozen=True, slots=True)
+class ImageRow:
+    """One row to score: its primary key and image URL."""
+
+    id: RowId
+    url: str
+
+
+@dataclass(frozen=True, slots=True)
+class BBox:
+    """A box normalized to the image: 0-1, (x, y) is the top-left corner."""
+
+    x: float
+    y: float
+    width: float
+    height: float
+
+    @property
+    def area(self) -> float:
+        return self.width * self.height
+
+
+@dataclass(frozen=True, slots=True)
+class Subject:
+    """The main subject (the bird) found by the detector."""
+
+    bbox: BBox
+    count: int
+    visible_ratio: float
+    confidence: float
+
+
+@dataclass(frozen=True, slots=True)
+class Measurements:
+    """What the checks read from one decoded image."""
+
+    width: int
+    height: int
+    brightness: float
+    subject: Subject | None
+    contrast_std: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class CheckResult:
+    """The outcome of one check: an integer score 0-100, pass/fail and a human-readable reason."""
+
+    name: str
+    score: int
+    passed: bool
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Analysis:
+    """The full result of scoring one image."""
+
+    measurements: Measurements
+    checks: tuple[CheckResult, ...]
+    score: int
+    category: Category
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What became of one row: a score, or an error message (never both)."""
+
+    row: ImageRow
+    score: int | None = None
+    error: str | None = None
+    attempts: int = 1
+
+    @property
+    def is_success(self) -> bool:
+        return self.error is None

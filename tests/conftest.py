@@ -1,0 +1,5 @@
+"""Shared fixtures: a real PostgreSQL and a real HTTP server on 127.0.0.1."""
+
+from tests.support.pg import database_url, pg_admin_url
+
+__all__ = ["database_url", "pg_admin_url"]
