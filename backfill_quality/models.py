@@ -49,7 +49,6 @@ class Measurements:
     height: int
     brightness: float
     subject: Subject | None
-    contrast_std: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
