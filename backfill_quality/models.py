@@ -83,3 +83,23 @@ class Outcome:
     @property
     def is_success(self) -> bool:
         return self.error is None
+
+
+@dataclass(frozen=True, slots=True)
+class RunSummary:
+    """The end of a run, for the final report: counts, timing, and the failed rows (id, url, error).
+
+    `interrupted` is 'SIGINT' or 'SIGTERM' when a signal stopped the run, else None.
+    """
+
+    total: int
+    processed: int
+    succeeded: int
+    failed: int
+    skipped: int
+    elapsed_s: float
+    rate_per_s: float
+    dry_run: bool
+    interrupted: str | None
+    failed_images: tuple[tuple[RowId, str, str], ...]
+    checkpoint_path: str

@@ -1,0 +1,403 @@
+"""The JSON checkpoint: load, validate, fingerprint the target, save atomically; low-water mark.
+
+The file keeps the original script's camelCase keys (`jq '.failedImages'` still works) and adds
+`version`, `updatedAt`, `dryRun`, `fingerprint`, `target`, `shard`, `finished` and `skipped`.
+No password ever reaches it: the database appears only as host:port/dbname, and credentials in
+image URLs are masked.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import re
+import tempfile
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, NoReturn
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from backfill_quality.config import Shard, Target
+from backfill_quality.errors import CheckpointError
+from backfill_quality.models import Outcome, RowId
+from backfill_quality.redaction import redact
+
+CHECKPOINT_VERSION = 1
+_RESTART_HINT = "delete it or use --restart"
+_ABSENT: Any = object()
+
+_CONNINFO_PAIR = re.compile(r"(\w+)\s*=\s*('(?:[^'\\]|\\.)*'|\S+)")
+
+
+@dataclass(slots=True)
+class FailedImage:
+    """One row that could not be scored; it stays NULL in the database."""
+
+    id: RowId
+    url: str
+    error: str
+    attempts: int = 1
+
+
+def _now() -> datetime:
+    moment = datetime.now(UTC)
+    return moment.replace(microsecond=moment.microsecond // 1000 * 1000)  # what the file keeps
+
+
+@dataclass(slots=True)
+class Checkpoint:
+    """The state of one run, saved after every page. Mutable: the runner updates it.
+
+    `processed` counts every row handled, so processed = succeeded + failed + skipped.
+    """
+
+    fingerprint: str
+    dry_run: bool
+    total: int = 0
+    processed: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    start_time: datetime = field(default_factory=_now)
+    last_processed_id: RowId | None = None
+    estimated_time_remaining: str = ""
+    failed_images: list[FailedImage] = field(default_factory=list)
+    shard: str | None = None
+    finished: bool = False
+    skipped: int = 0
+    target: str = ""
+
+    def record(self, outcome: Outcome, *, is_skipped: bool = False) -> None:
+        """Count one finished row (is_skipped: someone else scored it between read and write)."""
+        self.processed += 1
+        if is_skipped:
+            self.skipped += 1
+        elif outcome.is_success:
+            self.succeeded += 1
+        else:
+            self.failed += 1
+            self.failed_images.append(
+                FailedImage(
+                    id=outcome.row.id,
+                    url=redact(outcome.row.url),
+                    error=redact(outcome.error or "unknown error"),
+                    attempts=outcome.attempts,
+                )
+            )
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON object written to disk (camelCase keys of the original, plus ours)."""
+        return {
+            "version": CHECKPOINT_VERSION,
+            "total": self.total,
+            "processed": self.processed,
+            "succeeded": self.succeeded,
+            "failed": self.failed,
+            "skipped": self.skipped,
+            "startTime": _format_time(self.start_time),
+            "updatedAt": _format_time(_now()),
+            "lastProcessedId": self.last_processed_id,
+            "estimatedTimeRemaining": self.estimated_time_remaining,
+            "finished": self.finished,
+            "dryRun": self.dry_run,
+            "fingerprint": self.fingerprint,
+            "target": self.target,
+            "shard": self.shard,
+            "failedImages": [
+                {"id": f.id, "url": redact(f.url), "error": redact(f.error), "attempts": f.attempts}
+                for f in self.failed_images
+            ],
+        }
+
+    @classmethod
+    def from_json(cls, data: Any, *, path: Path) -> Checkpoint:
+        """Validate a parsed checkpoint strictly; CheckpointError says what is wrong, what to do."""
+        reader = _Reader(data, path)
+        get = reader.get
+        last_id = data["lastProcessedId"]
+        return cls(
+            fingerprint=get("fingerprint", str),
+            dry_run=get("dryRun", bool),
+            total=get("total", int),
+            processed=get("processed", int),
+            succeeded=get("succeeded", int),
+            failed=get("failed", int),
+            skipped=get("skipped", int),
+            start_time=reader.time("startTime"),
+            last_processed_id=None if last_id is None else get("lastProcessedId", RowId),
+            estimated_time_remaining=get("estimatedTimeRemaining", str),
+            failed_images=reader.failed_images(),
+            shard=None if data["shard"] is None else get("shard", str),
+            finished=get("finished", bool),
+            target=get("target", str),
+        )
+
+
+_REQUIRED_KEYS = frozenset(
+    {"version", "total", "processed", "succeeded", "failed", "skipped", "startTime", "updatedAt"}
+    | {"lastProcessedId", "estimatedTimeRemaining", "finished", "dryRun", "fingerprint"}
+    | {"target", "shard", "failedImages"}
+)
+_EXPECTED = {str: "a string", bool: "true or false", int: "an integer ≥ 0", list: "a list"}
+
+
+def _format_time(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class _Reader:
+    """Strict, typed access to the keys of a parsed checkpoint."""
+
+    def __init__(self, data: Any, path: Path) -> None:
+        self.path = path
+        if not isinstance(data, dict):
+            kind = {list: "list", str: "string", type(None): "null"}.get(type(data), "number")
+            self.fail(f"holds a JSON {kind}, not an object")
+        version = data.get("version")
+        if version is None:
+            self.fail("has no version: it was not written by this tool (the original script?)")
+        if version != CHECKPOINT_VERSION:
+            raise CheckpointError(
+                f"checkpoint {path} is from version {redact(repr(version))[:40]}; this tool writes "
+                f"version {CHECKPOINT_VERSION} — start over with --restart"
+            )
+        if missing := sorted(_REQUIRED_KEYS - data.keys()):
+            self.fail(f"lacks the keys {', '.join(missing)}")
+        if unknown := sorted(data.keys() - _REQUIRED_KEYS):
+            self.fail(f"has unknown keys {', '.join(unknown)[:200]}")
+        self.data: dict[str, Any] = data
+
+    def fail(self, problem: str) -> NoReturn:
+        raise CheckpointError(f"checkpoint {self.path} {problem} — {_RESTART_HINT}")
+
+    def get(self, key: str, kind: Any, value: Any = _ABSENT) -> Any:
+        """The value at `key` (or `value`), checked against `kind` (str, bool, int, list, RowId)."""
+        value = self.data[key] if value is _ABSENT else value
+        ok = isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
+        if ok and isinstance(value, int) and kind is int and value < 0:
+            ok = False
+        if not ok:
+            expected = _EXPECTED.get(kind, "a string or an integer id")
+            self.fail(f"has {key} = {redact(repr(value))[:80]}, expected {expected}")
+        return value
+
+    def time(self, key: str) -> datetime:
+        raw: str = self.get(key, str)
+        try:
+            moment = datetime.fromisoformat(raw)
+        except ValueError:
+            self.fail(f"has {key} = {raw[:40]!r}, expected an ISO 8601 time")
+        return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+    def failed_images(self) -> list[FailedImage]:
+        images = []
+        for index, entry in enumerate(self.get("failedImages", list)):
+            key = f"failedImages[{index}]"
+            if not isinstance(entry, dict) or not {"id", "url", "error"} <= entry.keys():
+                self.fail(f"has {key} without id, url and error")
+            if entry.keys() - {"id", "url", "error", "attempts"}:
+                self.fail(f"has {key} with unknown keys")
+            images.append(
+                FailedImage(
+                    id=self.get(f"{key}.id", RowId, entry["id"]),
+                    url=self.get(f"{key}.url", str, entry["url"]),
+                    error=self.get(f"{key}.error", str, entry["error"]),
+                    attempts=self.get(f"{key}.attempts", int, entry.get("attempts", 1)),
+                )
+            )
+        return images
+
+
+# --- the target's identity ------------------------------------------------------------------
+
+
+def database_identity(database: str) -> str:
+    """host:port/dbname of a libpq URI or key=value string — never the user or the password."""
+    if not database.strip():
+        return "(libpq defaults)"
+    if "=" not in database and "://" not in database:
+        return redact(database.strip())  # already an identity, e.g. from the live connection
+    if re.match(r"postgres(ql)?://", database):
+        parts = urlsplit(database)
+        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        hostport = parts.netloc.rpartition("@")[2]
+        match = re.fullmatch(r"(\[[^\]]*\]|[^:]*)(?::(\d+))?", hostport)
+        host, port = (match.group(1), match.group(2) or "5432") if match else (hostport, "")
+        host = query.get("host", unquote(host)) or "localhost"
+        port = query.get("port", port)
+        dbname = query.get("dbname", unquote(parts.path.lstrip("/")))
+    else:
+        pairs = {k: v.strip("'") for k, v in _CONNINFO_PAIR.findall(database)}
+        host = pairs.get("host") or pairs.get("hostaddr") or "localhost"
+        port = pairs.get("port") or "5432"
+        dbname = pairs.get("dbname", "")
+    host = host if host.startswith("/") else host.lower()
+    return f"{host}{':' if port else ''}{port}/{dbname}"
+
+
+def describe_target(*, database: str, target: Target, shard: Shard | None) -> str:
+    """A readable, secret-free description, e.g. 'db:5432/app images(id,url→quality_score)'."""
+    table = f"{target.schema}.{target.table}" if target.schema else target.table
+    text = (
+        f"{database_identity(database)} "
+        f"{table}({target.id_column},{target.url_column}→{target.score_column})"
+    )
+    return f"{text} shard {shard}" if shard else text
+
+
+def make_fingerprint(*, database: str, target: Target, shard: Shard | None) -> str:
+    """A stable hash of the database identity, table, columns and shard (sha256 hex, 16 chars)."""
+    identity = {
+        "database": database_identity(database),
+        "schema": target.schema,
+        "table": target.table,
+        "id": target.id_column,
+        "url": target.url_column,
+        "score": target.score_column,
+        "shard": str(shard) if shard else None,
+    }
+    payload = json.dumps(identity, sort_keys=True, ensure_ascii=False).encode()
+    return hashlib.sha256(payload).hexdigest()[:16]
+
+
+def checkpoint_path_for(base: Path, *, dry_run: bool, shard: Shard | None) -> Path:
+    """The file for this kind of run: x.json, x.dry-run.json, x.shard-0-of-4.json, …"""
+    tags = ([f"shard-{shard.index}-of-{shard.count}"] if shard else []) + (
+        ["dry-run"] if dry_run else []
+    )
+    if not tags:
+        return base
+    suffix = base.suffix if base.suffix == ".json" else ""
+    stem = base.name[: len(base.name) - len(suffix)]
+    return base.with_name(".".join([stem, *tags]) + suffix)
+
+
+# --- load, save, resume -------------------------------------------------------------------------
+
+
+def load_checkpoint(path: Path) -> Checkpoint | None:
+    """The checkpoint at `path`, None when absent; CheckpointError when it cannot be used."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise CheckpointError(
+            f"cannot read checkpoint {path}: {exc.strerror or exc} — check the path and permissions"
+        ) from exc
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise CheckpointError(f"checkpoint {path} is not UTF-8 text — {_RESTART_HINT}") from exc
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(
+            f"checkpoint {path} is not valid JSON (line {exc.lineno}, column {exc.colno}): "
+            f"{exc.msg} — {_RESTART_HINT}"
+        ) from exc
+    return Checkpoint.from_json(data, path=path)
+
+
+def save_checkpoint(path: Path, checkpoint: Checkpoint) -> None:
+    """Write atomically (temp file, fsync, rename, fsync dir); the old file survives any failure."""
+    text = json.dumps(checkpoint.to_json(), indent=2, ensure_ascii=False) + "\n"
+    temp_name: str | None = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp_name, path)
+        temp_name = None
+        _fsync_directory(path.parent)
+    except OSError as exc:
+        raise CheckpointError(_save_failure_message(path, exc)) from exc
+    finally:
+        if temp_name is not None:
+            Path(temp_name).unlink(missing_ok=True)
+
+
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _save_failure_message(path: Path, exc: OSError) -> str:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        advice = "the disk is full — free some space"
+    else:
+        advice = f"{exc.strerror or exc} — make sure the directory exists and is writable"
+    return (
+        f"cannot save checkpoint {path}: {advice}, then resume with --resume "
+        "(the previous checkpoint, if any, is unchanged)"
+    )
+
+
+def check_resumable(
+    checkpoint: Checkpoint,
+    *,
+    fingerprint: str,
+    dry_run: bool,
+    path: Path,
+    target_description: str = "",
+) -> None:
+    """Refuse to resume a checkpoint written for another target or another kind of run."""
+    if checkpoint.fingerprint != fingerprint:
+        theirs = checkpoint.target or f"fingerprint {checkpoint.fingerprint}"
+        ours = target_description or f"fingerprint {fingerprint}"
+        raise CheckpointError(
+            f"checkpoint {path} was written for another target: {theirs}; this run targets "
+            f"{ours} — use another --checkpoint or --restart"
+        )
+    if checkpoint.dry_run != dry_run:
+        kind = "a dry run" if checkpoint.dry_run else "a real run"
+        raise CheckpointError(
+            f"checkpoint {path} belongs to {kind}; this is "
+            f"{'a dry run' if dry_run else 'a real run'} — use another --checkpoint or --restart"
+        )
+
+
+# --- low-water mark ----------------------------------------------------------------------------
+
+
+class LowWaterMark:
+    """Tracks rows handed out in key order; the mark is the greatest id such that it and all
+    before it are done. Ids are never compared: only their issue order counts."""
+
+    def __init__(self, start: RowId | None) -> None:
+        self._mark = start
+        self._issued: deque[RowId] = deque()
+        self._pending: set[RowId] = set()
+        self._done: set[RowId] = set()
+
+    def issue(self, row_id: RowId) -> None:
+        """Hand out a row; ids come in strictly increasing key order."""
+        if row_id in self._pending or row_id in self._done:
+            raise ValueError(f"row {row_id!r} was issued twice")
+        self._issued.append(row_id)
+        self._pending.add(row_id)
+
+    def complete(self, row_id: RowId) -> None:
+        """Mark a row done (scored, failed or skipped), in any order."""
+        if row_id not in self._pending:
+            raise ValueError(f"row {row_id!r} completed but not in flight")
+        self._pending.discard(row_id)
+        self._done.add(row_id)
+        while self._issued and self._issued[0] in self._done:
+            self._mark = self._issued.popleft()
+            self._done.discard(self._mark)
+
+    @property
+    def mark(self) -> RowId | None:
+        return self._mark
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._pending)

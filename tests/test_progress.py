@@ -1,0 +1,201 @@
+"""The reporters: plain lines, JSON events and the rich summary, captured and read back."""
+
+from __future__ import annotations
+
+import json
+import re
+from io import StringIO
+
+import pytest
+from rich.console import Console
+
+from backfill_quality.checkpoint import Checkpoint
+from backfill_quality.errors import ConfigError
+from backfill_quality.models import ImageRow, Outcome, RunSummary
+from backfill_quality.progress import (
+    EtaEstimator,
+    JsonReporter,
+    PlainReporter,
+    Reporter,
+    RichReporter,
+    format_duration,
+    make_reporter,
+    summary_line,
+)
+
+SECRET = "s3cret-pw"
+PLAIN_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z (INFO|WARNING|ERROR)\s+\S")
+
+
+def summary(failed_count: int = 2, interrupted: str | None = None) -> RunSummary:
+    failed = tuple(
+        (f"id-{n}", f"https://user:{SECRET}@cdn.example/{n}.jpg", f"HTTP 404 [bold]{n}")
+        for n in range(failed_count)
+    )
+    return RunSummary(
+        total=1234,
+        processed=250,
+        succeeded=248,
+        failed=failed_count,
+        skipped=0,
+        elapsed_s=512.0,
+        rate_per_s=0.5,
+        dry_run=False,
+        interrupted=interrupted,
+        failed_images=failed,
+        checkpoint_path=".backfill-progress.json",
+    )
+
+
+def drive(reporter: Reporter) -> None:
+    """One small run: start, a success, a failure with secrets, a page, a warning, the end."""
+    reporter.start(total=1234, resumed_from="row-0", dry_run=False)
+    reporter.row_done(Outcome(ImageRow("row-1", "https://cdn.example/1.jpg"), score=91))
+    bad_url = f"https://user:{SECRET}@cdn.example/2.jpg"
+    error = f"timeout; db postgresql://u:{SECRET}@db/app password={SECRET}"
+    reporter.row_done(Outcome(ImageRow("row-2", bad_url), error=error, attempts=3))
+    page = Checkpoint(fingerprint="f", dry_run=False, total=1234, processed=2, succeeded=1)
+    page.failed, page.last_processed_id = 1, "row-2"
+    reporter.page_done(page)
+    reporter.warning(f"reconnecting to postgresql://u:{SECRET}@db/app")
+    reporter.finish(summary(interrupted="SIGINT"))
+    reporter.close()
+
+
+def test_plain_reporter_writes_parseable_lines_and_the_summary() -> None:
+    stream = StringIO()
+    drive(PlainReporter(stream))
+    text = stream.getvalue()
+
+    log_lines = text.split("📊 Progress Summary")[0].splitlines()
+    assert log_lines and all(PLAIN_LINE.match(line) for line in log_lines)
+    assert "starting: 1234 images to score, resuming after id row-0" in log_lines[0]
+    assert any("WARNING row row-2 failed" in line for line in log_lines)
+    assert any("progress: 2/1234 (0.2%), 1 succeeded, 1 failed" in line for line in log_lines)
+    assert not any("scored 91" in line for line in log_lines)  # only with --verbose
+    for label_value in ("Total:         1234 images", "Processed:     250 (20.3%)"):
+        assert label_value in text
+    assert "Elapsed:       8m 32s" in text
+    assert "Avg per image: 2000ms" in text
+    assert "Stopped by SIGINT; continue with --resume." in text
+    assert SECRET not in text
+
+
+def test_plain_reporter_throttles_page_lines_unless_verbose() -> None:
+    for verbose, expected_lines in ((False, 1), (True, 3)):
+        stream = StringIO()
+        reporter = PlainReporter(stream, verbose=verbose, interval_s=3600)
+        reporter.start(total=10, resumed_from=None, dry_run=True)
+        for _ in range(3):
+            reporter.page_done(Checkpoint(fingerprint="f", dry_run=True, total=10))
+        assert stream.getvalue().count("progress:") == expected_lines
+
+
+def test_plain_reporter_verbose_logs_each_row() -> None:
+    stream = StringIO()
+    drive(PlainReporter(stream, verbose=True))
+    assert "row row-1 scored 91 (https://cdn.example/1.jpg)" in stream.getvalue()
+
+
+def test_quiet_plain_reporter_keeps_warnings_and_one_summary_line() -> None:
+    stream = StringIO()
+    drive(PlainReporter(stream, quiet=True))
+    lines = stream.getvalue().splitlines()
+
+    assert len(lines) == 2
+    assert "WARNING reconnecting to postgresql://u:***@db/app" in lines[0]
+    assert lines[1].endswith(summary_line(summary(interrupted="SIGINT")))
+    assert "interrupted by SIGINT: 250/1234 processed, 248 succeeded, 2 failed" in lines[1]
+
+
+def test_json_reporter_emits_one_parseable_object_per_event() -> None:
+    stream = StringIO()
+    drive(JsonReporter(stream))
+    events = [json.loads(line) for line in stream.getvalue().splitlines()]
+
+    assert [e["event"] for e in events] == ["start", "failed", "page", "warning", "summary"]
+    assert all(re.fullmatch(r"\d{4}-.*T.*Z", e["ts"]) for e in events)
+    start, failed, page, _, final = events
+    assert start["resumedFrom"] == "row-0" and start["dryRun"] is False
+    assert failed["id"] == "row-2" and failed["attempts"] == 3
+    assert failed["url"] == "https://user:***@cdn.example/2.jpg"
+    assert page["processed"] == 2 and page["lastProcessedId"] == "row-2"
+    assert {"ratePerS", "etaS", "elapsedS", "skipped"} <= page.keys()
+    assert final["interrupted"] == "SIGINT" and final["checkpointPath"] == ".backfill-progress.json"
+    assert final["failedImages"][0]["id"] == "id-0"
+    assert SECRET not in stream.getvalue()
+
+
+def test_json_reporter_verbose_adds_row_events_and_caps_failed_list() -> None:
+    stream = StringIO()
+    reporter = JsonReporter(stream, verbose=True)
+    reporter.row_done(Outcome(ImageRow(7, "http://x/7"), score=42))
+    reporter.error("database unreachable")
+    reporter.finish(summary(failed_count=25))
+    row, error, final = (json.loads(line) for line in stream.getvalue().splitlines())
+
+    assert (row["event"], row["id"], row["score"]) == ("row", 7, 42)
+    assert (error["event"], error["message"]) == ("error", "database unreachable")
+    assert len(final["failedImages"]) == 20 and final["failedImagesOmitted"] == 5
+
+
+def test_rich_reporter_renders_the_summary_block_and_failed_table() -> None:
+    buffer = StringIO()
+    console = Console(file=buffer, force_terminal=True, width=140, color_system=None)
+    reporter = RichReporter(console)
+    reporter.start(total=1234, resumed_from=None, dry_run=False)
+    reporter.warning(f"slow host https://u:{SECRET}@cdn.example/")
+    reporter.finish(summary(failed_count=25))
+    reporter.close()
+    text = buffer.getvalue()
+
+    assert "📊 Progress Summary" in text
+    assert "Processed:     250 (20.3%)" in text
+    assert "Rate:          0.5 img/s" in text
+    assert "ETA:           32m 48s" in text
+    assert "Failed images (25)" in text
+    assert "HTTP 404 [bold]19" in text  # error text is shown literally, not as markup
+    assert "id-20" not in text
+    assert "… and 5 more, see the checkpoint" in text
+    assert SECRET not in text
+
+
+def test_make_reporter_picks_the_implementation() -> None:
+    def kind(**options: object) -> type:
+        settings: dict[str, object] = {"log_format": "text", "verbose": False, "quiet": False}
+        return type(make_reporter(**(settings | options)))  # type: ignore[arg-type]
+
+    assert kind(log_format="json", is_terminal=True) is JsonReporter
+    assert kind(is_terminal=True) is RichReporter
+    assert kind(is_terminal=False) is PlainReporter
+    assert kind(is_terminal=True, quiet=True) is PlainReporter
+    with pytest.raises(ConfigError, match="--log-format must be 'text' or 'json'"):
+        kind(log_format="xml")
+    with pytest.raises(ConfigError, match="cannot be used together"):
+        kind(verbose=True, quiet=True)
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [(0, "0s"), (0.4, "0s"), (45, "45s"), (512, "8m 32s"), (2034, "33m 54s"), (7510, "2h 05m 10s")],
+)
+def test_format_duration(seconds: float, text: str) -> None:
+    assert format_duration(seconds) == text
+
+
+def test_eta_follows_the_recent_rate() -> None:
+    now = [0.0]
+    eta = EtaEstimator(window_s=10.0, clock=lambda: now[0])
+    assert eta.describe(100) == "unknown"
+
+    for second in range(1, 21):  # 1 row/s for 20 s, then 10 rows/s for 10 s
+        now[0] = float(second)
+        eta.record(second)
+    assert eta.rate_per_s == pytest.approx(1.0)
+    for second in range(21, 31):
+        now[0] = float(second)
+        eta.record(20 + 10 * (second - 20))
+
+    assert eta.rate_per_s == pytest.approx(10.0)  # the slow start has left the window
+    assert eta.describe(600) == "1m 00s"
+    assert eta.remaining_s(0) == 0.0
