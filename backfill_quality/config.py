@@ -150,3 +150,53 @@ class RunSettings:
 def database_url_from_env() -> str:
     """The DATABASE_URL environment variable, or '' to let libpq read the PG* variables."""
     return os.environ.get("DATABASE_URL", "")
+
+
+def thresholds_with_overrides(overrides: list[str]) -> Thresholds:
+    """Thresholds from `NAME=VALUE` pairs (`min_short_side=300`); ConfigError names a bad one."""
+    values: dict[str, float | int] = {}
+    known = {name: type(getattr(Thresholds(), name)) for name in Thresholds.__dataclass_fields__}
+    for item in overrides:
+        name, sep, raw = item.partition("=")
+        name = name.strip().replace("-", "_")
+        if not sep or name not in known:
+            raise ConfigError(
+                f"--threshold {item!r}: expected NAME=VALUE with NAME one of {', '.join(known)}"
+            )
+        try:
+            values[name] = known[name](raw.strip())
+        except ValueError:
+            raise ConfigError(f"--threshold {item!r}: {raw!r} is not a number") from None
+    return Thresholds(**values)  # type: ignore[arg-type]
+
+
+def parse_shard(text: str) -> Shard:
+    """`K/N` (0-based K) -> Shard; ConfigError with an example otherwise."""
+    index, sep, count = text.partition("/")
+    try:
+        if not sep:
+            raise ValueError(text)
+        return Shard(index=int(index), count=int(count))
+    except ValueError:
+        raise ConfigError(
+            f"--shard {text!r}: expected K/N with 0 <= K < N, for example --shard 0/4"
+        ) from None
+
+
+def resolve_shard(shard: str | None, shard_count: int | None) -> Shard | None:
+    """The shard from --shard K/N, or from a Kubernetes Indexed Job's JOB_COMPLETION_INDEX plus
+    --shard-count N; None for an unsharded run."""
+    if shard:
+        return parse_shard(shard)
+    if shard_count is None:
+        return None
+    index = os.environ.get("JOB_COMPLETION_INDEX")
+    if index is None:
+        raise ConfigError(
+            "--shard-count needs the worker's index: set --shard K/N, or run as a Kubernetes "
+            "Indexed Job (which sets JOB_COMPLETION_INDEX)"
+        )
+    try:
+        return Shard(index=int(index), count=shard_count)
+    except ValueError:
+        raise ConfigError(f"JOB_COMPLETION_INDEX={index!r} is not a whole number") from None

@@ -1,0 +1,215 @@
+"""`backfill-quality run`: the backfill itself."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated
+
+import typer
+
+from backfill_quality.cli import options as o
+from backfill_quality.cli.app import EXIT_OK, EXIT_SOME_FAILED, app, error_boundary
+from backfill_quality.config import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_CONCURRENCY,
+    DEFAULT_MAX_BYTES,
+    DEFAULT_RETRIES,
+    DEFAULT_TIMEOUT_S,
+    MAX_BATCH_SIZE,
+    MAX_CONCURRENCY,
+    FetchSettings,
+    RunSettings,
+    Target,
+    resolve_shard,
+    thresholds_with_overrides,
+)
+from backfill_quality.models import RunSummary
+from backfill_quality.progress import make_reporter
+from backfill_quality.redaction import register_database_secrets
+from backfill_quality.runner import EXIT_SIGNALS, Runner
+
+RUN_EPILOG = """Examples:
+
+  backfill-quality run --dry-run --limit 200     # try it: fetch and score, write nothing
+
+  backfill-quality run                            # the real run (Ctrl+C saves and stops)
+
+  backfill-quality run --resume                   # continue after an interruption
+
+  backfill-quality run --concurrency 1 --batch-size 10 --delay 3000   # the original's pace
+"""
+
+
+class LogFormat(StrEnum):
+    text = "text"
+    json = "json"
+
+
+def exit_code_for(summary: RunSummary) -> int:
+    """130/143 after a signal, 3 when rows failed, else 0."""
+    if summary.interrupted is not None:
+        return EXIT_SIGNALS[summary.interrupted]
+    return EXIT_SOME_FAILED if summary.failed else EXIT_OK
+
+
+@app.command(epilog=RUN_EPILOG)
+def run(
+    database_url: o.DatabaseUrl = "",
+    table: o.Table = o.DEFAULT_TABLE,
+    id_column: o.IdColumn = o.DEFAULT_ID_COLUMN,
+    url_column: o.UrlColumn = o.DEFAULT_URL_COLUMN,
+    score_column: o.ScoreColumn = o.DEFAULT_SCORE_COLUMN,
+    batch_size: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=MAX_BATCH_SIZE,
+            envvar="BACKFILL_BATCH_SIZE",
+            help="Rows per page and per checkpoint.",
+        ),
+    ] = DEFAULT_BATCH_SIZE,
+    delay: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            metavar="MS",
+            envvar="BACKFILL_DELAY_MS",
+            help="Pause between pages, in milliseconds (politeness).",
+        ),
+    ] = 0,
+    concurrency: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=MAX_CONCURRENCY,
+            envvar="BACKFILL_CONCURRENCY",
+            help="Images in flight; 1 = sequential like the original.",
+            rich_help_panel=o.FETCH_PANEL,
+        ),
+    ] = DEFAULT_CONCURRENCY,
+    max_rps: Annotated[
+        float | None,
+        typer.Option(
+            min=0.001,
+            envvar="BACKFILL_MAX_RPS",
+            help="Ceiling on image requests per second.",
+            rich_help_panel=o.FETCH_PANEL,
+        ),
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Fetch and score, write nothing to the database.")
+    ] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the checkpoint.")] = False,
+    restart: Annotated[
+        bool, typer.Option("--restart", help="Start over, replacing an unfinished checkpoint.")
+    ] = False,
+    checkpoint: o.CheckpointPath = o.DEFAULT_CHECKPOINT,
+    limit: Annotated[int | None, typer.Option(min=1, help="Stop after this many rows.")] = None,
+    timeout: Annotated[
+        float,
+        typer.Option(
+            min=0.001,
+            metavar="S",
+            help="Connect and read timeout per request, seconds.",
+            rich_help_panel=o.FETCH_PANEL,
+        ),
+    ] = DEFAULT_TIMEOUT_S,
+    max_bytes: Annotated[
+        int,
+        typer.Option(
+            min=1, help="Largest image body accepted, bytes.", rich_help_panel=o.FETCH_PANEL
+        ),
+    ] = DEFAULT_MAX_BYTES,
+    retries: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            max=20,
+            help="Retries after a failed attempt (timeouts, 5xx, 429).",
+            rich_help_panel=o.FETCH_PANEL,
+        ),
+    ] = DEFAULT_RETRIES,
+    deny_private_networks: Annotated[
+        bool,
+        typer.Option(
+            "--deny-private-networks",
+            help="Refuse image hosts on loopback, private, link-local or metadata "
+            "addresses (for URLs from untrusted uploads).",
+            rich_help_panel=o.FETCH_PANEL,
+        ),
+    ] = False,
+    shard: Annotated[
+        str | None,
+        typer.Option(
+            metavar="K/N",
+            envvar="BACKFILL_SHARD",
+            help="Worker K of N (0-based): a contiguous slice of the key space, with "
+            "its own checkpoint.",
+            rich_help_panel="Scale-out",
+        ),
+    ] = None,
+    shard_count: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            envvar="BACKFILL_SHARD_COUNT",
+            help="N workers; K comes from JOB_COMPLETION_INDEX (Kubernetes Indexed Job).",
+            rich_help_panel="Scale-out",
+        ),
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option(min=1, help="Scoring processes (default: one per core).")
+    ] = None,
+    threshold: o.ThresholdOverrides = None,
+    verbose: o.Verbose = False,
+    quiet: Annotated[
+        bool,
+        typer.Option(
+            "--quiet",
+            "-q",
+            help="Only warnings and the final summary.",
+            rich_help_panel=o.OUTPUT_PANEL,
+        ),
+    ] = False,
+    log_format: Annotated[
+        LogFormat,
+        typer.Option(
+            help="text (a live bar on a terminal) or json (one object per event).",
+            rich_help_panel=o.OUTPUT_PANEL,
+        ),
+    ] = LogFormat.text,
+) -> None:
+    """Score every image whose score is NULL and write the score back, page by page."""
+    with error_boundary(verbose=verbose):
+        register_database_secrets(database_url)
+        settings = RunSettings(
+            database_url=database_url,
+            target=Target(
+                table=table, id_column=id_column, url_column=url_column, score_column=score_column
+            ),
+            fetch=FetchSettings(
+                timeout_s=timeout,
+                max_bytes=max_bytes,
+                retries=retries,
+                max_rps=max_rps,
+                concurrency=concurrency,
+                deny_private_networks=deny_private_networks,
+            ),
+            thresholds=thresholds_with_overrides(threshold or []),
+            batch_size=batch_size,
+            delay_ms=delay,
+            dry_run=dry_run,
+            resume=resume,
+            restart=restart,
+            checkpoint_path=checkpoint,
+            limit=limit,
+            workers=workers,
+            shard=resolve_shard(shard, shard_count),
+        )
+        reporter = make_reporter(log_format=log_format.value, verbose=verbose, quiet=quiet)
+        try:
+            summary = Runner(settings, reporter).run()
+            reporter.finish(summary)
+        finally:
+            reporter.close()
+    raise typer.Exit(exit_code_for(summary))

@@ -1,0 +1,391 @@
+"""A local HTTP/1.1 image server on 127.0.0.1 for the demo, the tests and the benchmarks.
+
+An asyncio server (minimal HTTP/1.1 parser, keep-alive) running in a background thread, so it
+serves hundreds of images per second with added latency without a thread per request. Image bytes
+are registered with `add`; this module never decodes them. Every request counts one hit for its
+path (without the query string), readable with `hits`.
+
+Routes, chosen by path (`?img=<path>` names a registered image):
+
+- any path given to `add` — 200 with the bytes and their content type.
+- `/status/<code>` — that status (e.g. 404, 403, 500, 503) with a short text body.
+- `/flaky/<n>/<key>?img=` — 503 for the first n hits of that path, then the image.
+- `/retry-after/<seconds>/<key>?img=` — 429 with `Retry-After: <seconds>` on the first hit,
+  then the image.
+- `/retry-after-date/<seconds>/<key>?img=` — the same with an HTTP-date `Retry-After`.
+- `/slow/<ms>[?img=]` — waits <ms> before the headers, then the image (or a short text body).
+- `/stall` — headers (Content-Length 1 MB) and 1 KB of body, then nothing until the client leaves.
+- `/reset` — headers (Content-Length 1 MB), 16 KB of body, then a TCP reset.
+- `/truncated` — Content-Length 1 MB, 16 KB of body, then a clean close.
+- `/huge` — headers with Content-Length 1 GB; the body is never sent.
+- `/chunked-huge` — a chunked body that grows without end (64 KB chunks, stops at 1 GB) until
+  the client goes away; `bytes_sent("/chunked-huge")` tells how much was written.
+- `/drip/<ms>` — Content-Length 1 MB, then one body byte every <ms> (each read is quick, the
+  whole download is not).
+- `/not-an-image` — 200 text/html.
+- `/redirect/<n>?to=<path>` — n hops (302) through `/redirect/<n-1>`, then to <path>.
+- `/redirect-loop` — 302 to itself, forever.
+- `/redirect-to?url=<absolute url>` — 302 to that URL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import email.utils
+import socket
+import struct
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass
+from http import HTTPStatus
+from types import TracebackType
+from urllib.parse import parse_qs, quote, urlsplit
+
+_MAX_HEADER_BYTES = 64 * 1024
+_FAULT_LENGTH = 1_000_000
+_HUGE_LENGTH = 1_000_000_000
+_CHUNK_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class _Request:
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    keep_alive: bool
+
+    def arg(self, name: str) -> str | None:
+        values = self.query.get(name)
+        return values[0] if values else None
+
+
+@dataclass(frozen=True, slots=True)
+class _Image:
+    data: bytes
+    content_type: str
+
+
+class ImageServer:
+    """A background-thread HTTP server on 127.0.0.1; a context manager (start, stop)."""
+
+    def __init__(self, *, latency_ms: float = 0.0) -> None:
+        self.latency_s = latency_ms / 1000.0
+        self.base_url = ""
+        self._images: dict[str, _Image] = {}
+        self._hits: Counter[str] = Counter()
+        self._sent: Counter[str] = Counter()
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping: asyncio.Event | None = None
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+
+    # -- public API ---------------------------------------------------------------------------
+
+    def add(self, path: str, data: bytes, content_type: str = "image/jpeg") -> str:
+        """Serve `data` at `path` (e.g. "/img/1.jpg"); returns the full URL."""
+        if not path.startswith("/"):
+            path = "/" + path
+        with self._lock:
+            self._images[path] = _Image(bytes(data), content_type)
+        return self.url(path)
+
+    def url(self, path: str) -> str:
+        """The full URL of a path on this server."""
+        if not self.base_url:
+            raise RuntimeError("ImageServer is not started (use it as a context manager)")
+        return self.base_url + (path if path.startswith("/") else "/" + path)
+
+    def hits(self, path: str) -> int:
+        """How many requests were seen for `path` (query string ignored)."""
+        with self._lock:
+            return self._hits[path]
+
+    def bytes_sent(self, path: str) -> int:
+        """How many body bytes the streaming fault routes wrote for `path`."""
+        with self._lock:
+            return self._sent[path]
+
+    def __enter__(self) -> ImageServer:
+        self._thread = threading.Thread(target=self._run, name="image-server", daemon=True)
+        self._thread.start()
+        self._ready.wait(timeout=10)
+        if self._error is not None:
+            raise RuntimeError(f"image server failed to start: {self._error}") from self._error
+        if not self.base_url:
+            raise RuntimeError("image server did not start within 10 s")
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        loop, stopping = self._loop, self._stopping
+        if loop is not None and stopping is not None:
+            with contextlib.suppress(RuntimeError):  # the loop may already be closed
+                loop.call_soon_threadsafe(stopping.set)
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self.base_url = ""
+
+    # -- server thread ------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._serve())
+        except BaseException as exc:  # reported to __enter__, never lost silently
+            self._error = exc
+            self._ready.set()
+
+    async def _serve(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stopping = asyncio.Event()
+        tasks: set[asyncio.Task[None]] = set()
+
+        async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            task = asyncio.current_task()
+            assert task is not None
+            tasks.add(task)
+            try:
+                await self._handle_connection(reader, writer)
+            except asyncio.CancelledError:
+                pass  # shutting down; re-raising makes asyncio log an error in Python 3.11
+            finally:
+                tasks.discard(task)
+
+        server = await asyncio.start_server(on_connect, "127.0.0.1", 0, backlog=1024)
+        port = server.sockets[0].getsockname()[1]
+        self.base_url = f"http://127.0.0.1:{port}"
+        self._ready.set()
+        async with server:
+            await self._stopping.wait()
+            server.close()
+            for task in list(tasks):
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _handle_connection(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            while True:
+                request = await _read_request(reader)
+                if request is None:
+                    break
+                with self._lock:
+                    self._hits[request.path] += 1
+                if self.latency_s > 0:
+                    await asyncio.sleep(self.latency_s)
+                keep_open = await self._respond(request, reader, writer)
+                if not (keep_open and request.keep_alive):
+                    break
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            pass
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError, OSError):
+                await writer.wait_closed()
+
+    # -- routing ------------------------------------------------------------------------------
+
+    async def _respond(
+        self, request: _Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> bool:
+        """Write one response; returns False when the connection must be closed afterwards."""
+        path = request.path
+        parts = path.strip("/").split("/")
+        head = parts[0]
+        with self._lock:
+            image = self._images.get(path)
+            hit_count = self._hits[path]
+        if image is not None:
+            await _send(
+                writer, 200, image.data, image.content_type, head_only=request.method == "HEAD"
+            )
+            return True
+        if head == "status" and len(parts) == 2 and parts[1].isdigit():
+            code = int(parts[1])
+            await _send(writer, code, _reason(code).encode(), "text/plain")
+            return True
+        if head == "flaky" and len(parts) == 3 and parts[1].isdigit():
+            if hit_count <= int(parts[1]):
+                await _send(writer, 503, b"Service Unavailable", "text/plain")
+                return True
+            return await self._send_named_image(request, writer)
+        if head in ("retry-after", "retry-after-date") and len(parts) == 3:
+            if hit_count <= 1:
+                seconds = float(parts[1])
+                value = str(int(seconds)) if head == "retry-after" else _http_date(seconds)
+                headers = {"Retry-After": value}
+                await _send(writer, 429, b"Too Many Requests", "text/plain", headers=headers)
+                return True
+            return await self._send_named_image(request, writer)
+        if head == "slow" and len(parts) == 2:
+            await asyncio.sleep(float(parts[1]) / 1000.0)
+            if request.arg("img") is None:
+                await _send(writer, 200, b"slow", "text/plain")
+                return True
+            return await self._send_named_image(request, writer)
+        return await self._respond_fault(request, reader, writer)
+
+    async def _respond_fault(
+        self, request: _Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> bool:
+        path = request.path
+        parts = path.strip("/").split("/")
+        if path == "/stall":
+            await _send_partial(writer, _FAULT_LENGTH, 1024)
+            await _wait_until_client_leaves(reader)
+            return False
+        if path in ("/reset", "/truncated"):
+            await _send_partial(writer, _FAULT_LENGTH, 16 * 1024)
+            if path == "/reset":
+                _abort_with_reset(writer)
+            return False
+        if path == "/huge":
+            await _send_partial(writer, _HUGE_LENGTH, 0)
+            await _wait_until_client_leaves(reader)
+            return False
+        if parts[0] == "drip" and len(parts) == 2 and parts[1].isdigit():
+            await self._drip(path, float(parts[1]) / 1000.0, writer)
+            return False
+        if path == "/chunked-huge":
+            await self._send_endless_chunks(path, writer)
+            return False
+        if path == "/not-an-image":
+            body = b"<!doctype html><html><body><h1>Not an image</h1></body></html>"
+            await _send(writer, 200, body, "text/html; charset=utf-8")
+            return True
+        if parts[0] == "redirect" and len(parts) == 2 and parts[1].isdigit():
+            hops, target = int(parts[1]), request.arg("to") or "/"
+            location = f"/redirect/{hops - 1}?to={quote(target)}" if hops > 1 else target
+            await _send(writer, 302, b"", "text/plain", headers={"Location": location})
+            return True
+        if path == "/redirect-loop":
+            await _send(writer, 302, b"", "text/plain", headers={"Location": "/redirect-loop"})
+            return True
+        if path == "/redirect-to":
+            location = request.arg("url") or "/"
+            await _send(writer, 302, b"", "text/plain", headers={"Location": location})
+            return True
+        await _send(writer, 404, b"Not Found", "text/plain")
+        return True
+
+    async def _send_named_image(self, request: _Request, writer: asyncio.StreamWriter) -> bool:
+        name = request.arg("img") or ""
+        with self._lock:
+            image = self._images.get(name)
+        if image is None:
+            await _send(writer, 404, f"no image registered at {name!r}".encode(), "text/plain")
+        else:
+            await _send(writer, 200, image.data, image.content_type)
+        return True
+
+    async def _drip(self, path: str, interval_s: float, writer: asyncio.StreamWriter) -> None:
+        await _send_partial(writer, _FAULT_LENGTH, 0)
+        for _ in range(_FAULT_LENGTH):
+            await asyncio.sleep(interval_s)
+            writer.write(b"\x00")
+            await writer.drain()
+            with self._lock:
+                self._sent[path] += 1
+
+    async def _send_endless_chunks(self, path: str, writer: asyncio.StreamWriter) -> None:
+        head = b"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nTransfer-Encoding: chunked\r\n\r\n"
+        writer.write(head)
+        chunk = f"{_CHUNK_BYTES:x}\r\n".encode() + b"\xff" * _CHUNK_BYTES + b"\r\n"
+        sent = 0
+        while sent < _HUGE_LENGTH:
+            writer.write(chunk)
+            await writer.drain()  # raises once the client has gone away
+            sent += _CHUNK_BYTES
+            with self._lock:
+                self._sent[path] += _CHUNK_BYTES
+
+
+# -- HTTP helpers ------------------------------------------------------------------------------
+
+
+async def _read_request(reader: asyncio.StreamReader) -> _Request | None:
+    """Parse one request head (and discard any body); None when the client closed."""
+    try:
+        raw = await reader.readuntil(b"\r\n\r\n")
+    except asyncio.IncompleteReadError:
+        return None
+    if len(raw) > _MAX_HEADER_BYTES:
+        return None
+    lines = raw.decode("latin-1").split("\r\n")
+    method, target, version = [*lines[0].split(" "), "", "", ""][:3]
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        name, sep, value = line.partition(":")
+        if sep:
+            headers[name.strip().lower()] = value.strip()
+    length = int(headers.get("content-length", "0") or "0")
+    if length > 0:
+        await reader.readexactly(length)
+    connection = headers.get("connection", "").lower()
+    keep_alive = connection != "close" and (version == "HTTP/1.1" or connection == "keep-alive")
+    split = urlsplit(target)
+    return _Request(method.upper(), split.path or "/", parse_qs(split.query), keep_alive)
+
+
+async def _send(
+    writer: asyncio.StreamWriter,
+    status: int,
+    body: bytes,
+    content_type: str,
+    *,
+    headers: dict[str, str] | None = None,
+    head_only: bool = False,
+) -> None:
+    lines = [
+        f"HTTP/1.1 {status} {_reason(status)}",
+        f"Content-Type: {content_type}",
+        f"Content-Length: {len(body)}",
+    ]
+    lines.extend(f"{name}: {value}" for name, value in (headers or {}).items())
+    writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+    if body and not head_only:
+        writer.write(body)
+    await writer.drain()
+
+
+async def _send_partial(writer: asyncio.StreamWriter, declared_bytes: int, sent_bytes: int) -> None:
+    head = (
+        f"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nContent-Length: {declared_bytes}\r\n\r\n"
+    )
+    body = (b"\xff\xd8" + b"\x00" * max(0, sent_bytes - 2))[:sent_bytes]
+    writer.write(head.encode("latin-1") + body)
+    await writer.drain()
+
+
+async def _wait_until_client_leaves(reader: asyncio.StreamReader) -> None:
+    while await reader.read(65536):
+        pass
+
+
+def _abort_with_reset(writer: asyncio.StreamWriter) -> None:
+    sock = writer.get_extra_info("socket")
+    if sock is not None:  # SO_LINGER 0: close() sends RST instead of FIN
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()
+
+
+def _reason(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Unknown"
+
+
+def _http_date(seconds_from_now: float) -> str:
+    return email.utils.formatdate(time.time() + seconds_from_now, usegmt=True)

@@ -1,0 +1,34 @@
+"""Choosing the checkpoint a run starts from: a new one, a resumed one, or a refusal with advice."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from backfill_quality.checkpoint import Checkpoint, check_resumable, load_checkpoint
+from backfill_quality.config import RunSettings
+from backfill_quality.errors import ConfigError
+
+
+def prepare_checkpoint(settings: RunSettings, path: Path, fingerprint: str) -> Checkpoint:
+    """The checkpoint to start from, refusing to silently overwrite an unfinished run."""
+    shard = str(settings.shard) if settings.shard else None
+    fresh = Checkpoint(fingerprint=fingerprint, dry_run=settings.dry_run, shard=shard)
+    if settings.restart:
+        return fresh
+    existing = load_checkpoint(path)
+    if settings.resume:
+        if existing is None:
+            raise ConfigError(
+                f"--resume: there is no checkpoint at {path} to resume from. "
+                "Run without --resume to start a new backfill (or name the file with --checkpoint)."
+            )
+        check_resumable(existing, fingerprint=fingerprint, dry_run=settings.dry_run, path=path)
+        return existing
+    if existing is not None and not existing.finished:
+        raise ConfigError(
+            f"an unfinished run's checkpoint exists at {path} "
+            f"({existing.processed} of {existing.total} rows processed, "
+            f"last id {existing.last_processed_id}). "
+            "Add --resume to continue it, or --restart to start over and replace it."
+        )
+    return fresh

