@@ -141,8 +141,8 @@ class RunSettings:
             raise ConfigError("--delay must be 0 or more milliseconds")
         if self.limit is not None and self.limit < 1:
             raise ConfigError("--limit must be at least 1")
-        if self.resume and self.restart:
-            raise ConfigError("--resume and --restart cannot be used together")
+        if self.restart and (self.resume or self.retry_failed):
+            raise ConfigError("--restart cannot be combined with --resume or --retry-failed")
         if self.workers is not None and self.workers < 1:
             raise ConfigError("--workers must be at least 1")
 

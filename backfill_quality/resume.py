@@ -16,6 +16,8 @@ def prepare_checkpoint(settings: RunSettings, path: Path, fingerprint: str) -> C
     if settings.restart:
         return fresh
     existing = load_checkpoint(path)
+    if settings.retry_failed:
+        return _for_retry(existing, settings, path, fingerprint)
     if settings.resume:
         if existing is None:
             raise ConfigError(
@@ -32,3 +34,26 @@ def prepare_checkpoint(settings: RunSettings, path: Path, fingerprint: str) -> C
             "Add --resume to continue it, or --restart to start over and replace it."
         )
     return fresh
+
+
+def _for_retry(
+    existing: Checkpoint | None, settings: RunSettings, path: Path, fingerprint: str
+) -> Checkpoint:
+    """--retry-failed: walk the unscored rows again from the start of the key space.
+
+    Scored rows are not NULL any more, so the walk meets exactly the rows that failed before
+    and those never reached; the failures are forgotten and recorded afresh if they fail again.
+    """
+    if existing is None:
+        raise ConfigError(
+            f"--retry-failed: there is no checkpoint at {path} whose failures could be retried. "
+            "A new run (without --resume) tries every unscored row anyway."
+        )
+    check_resumable(existing, fingerprint=fingerprint, dry_run=settings.dry_run, path=path)
+    retried = len(existing.failed_images)
+    existing.processed -= retried
+    existing.failed -= retried
+    existing.failed_images = []
+    existing.last_processed_id = None
+    existing.finished = False
+    return existing

@@ -103,6 +103,13 @@ def run(
     restart: Annotated[
         bool, typer.Option("--restart", help="Start over, replacing an unfinished checkpoint.")
     ] = False,
+    retry_failed: Annotated[
+        bool,
+        typer.Option(
+            "--retry-failed",
+            help="Resume, first trying again the rows that failed (from the checkpoint).",
+        ),
+    ] = False,
     checkpoint: o.CheckpointPath = o.DEFAULT_CHECKPOINT,
     limit: Annotated[int | None, typer.Option(min=1, help="Stop after this many rows.")] = None,
     timeout: Annotated[
@@ -201,6 +208,7 @@ def run(
             dry_run=dry_run,
             resume=resume,
             restart=restart,
+            retry_failed=retry_failed,
             checkpoint_path=checkpoint,
             limit=limit,
             workers=workers,

@@ -1,0 +1,169 @@
+"""The pipeline in-process (Runner): counts, limits, dry runs, retries of failed rows."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from backfill_quality import db
+from backfill_quality.checkpoint import load_checkpoint
+from backfill_quality.config import FetchSettings, RunSettings
+from backfill_quality.errors import ConfigError
+from backfill_quality.imageserver import ImageServer
+from backfill_quality.models import Outcome, RunSummary
+from backfill_quality.runner import Runner
+from backfill_quality.synthetic import make_bird_image
+
+
+class RecordingReporter:
+    """A Reporter that keeps what it is told (the real reporters are tested in test_progress)."""
+
+    def __init__(self) -> None:
+        self.outcomes: list[Outcome] = []
+        self.messages: list[str] = []
+        self.pages = 0
+        self.total: int | None = None
+
+    def start(self, *, total: int, resumed_from: object, dry_run: bool) -> None:
+        self.total = total
+
+    def row_done(self, outcome: Outcome) -> None:
+        self.outcomes.append(outcome)
+
+    def page_done(self, checkpoint: object) -> None:
+        self.pages += 1
+
+    def info(self, message: str) -> None:
+        self.messages.append(message)
+
+    def warning(self, message: str) -> None:
+        self.messages.append(message)
+
+    def error(self, message: str) -> None:
+        self.messages.append(message)
+
+    def finish(self, summary: RunSummary) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.fixture
+def bird_url(image_server: ImageServer) -> str:
+    return image_server.add("/img/bird.jpg", make_bird_image(seed=1, width=640, height=480))
+
+
+def fill(database_url: str, urls: list[str]) -> None:
+    with db.connect(database_url) as conn:
+        db.apply_migrations(conn)
+        with conn.cursor() as cur:
+            cur.executemany("INSERT INTO images (url) VALUES (%s)", [(u,) for u in urls])
+
+
+def scores(database_url: str) -> list[int | None]:
+    with psycopg.connect(database_url) as conn:
+        return [r[0] for r in conn.execute("SELECT quality_score FROM images ORDER BY id")]
+
+
+def run(
+    database_url: str, tmp_path: Path, **options: object
+) -> tuple[RunSummary, RecordingReporter]:
+    reporter = RecordingReporter()
+    fetch = FetchSettings(retries=0, timeout_s=5, concurrency=8)
+    settings = RunSettings(
+        database_url=database_url,
+        checkpoint_path=tmp_path / "progress.json",
+        fetch=fetch,
+        workers=1,
+        **options,  # type: ignore[arg-type]
+    )
+    return Runner(settings, reporter, handle_signals=False).run(), reporter
+
+
+def test_scores_every_row_and_counts_pages(
+    database_url: str, tmp_path: Path, bird_url: str
+) -> None:
+    fill(database_url, [bird_url] * 23)
+    summary, reporter = run(database_url, tmp_path, batch_size=5)
+    assert (summary.processed, summary.succeeded, summary.failed) == (23, 23, 0)
+    assert all(s is not None and 0 <= s <= 100 for s in scores(database_url))
+    assert reporter.pages == 5  # 5 + 5 + 5 + 5 + 3
+    checkpoint = load_checkpoint(tmp_path / "progress.json")
+    assert checkpoint is not None and checkpoint.finished
+
+
+def test_limit_stops_early_and_resume_finishes(
+    database_url: str, tmp_path: Path, bird_url: str
+) -> None:
+    fill(database_url, [bird_url] * 12)
+    first, _ = run(database_url, tmp_path, batch_size=5, limit=7)
+    assert first.processed == 7
+    assert sum(s is not None for s in scores(database_url)) == 7
+    checkpoint = load_checkpoint(tmp_path / "progress.json")
+    assert checkpoint is not None and not checkpoint.finished
+    with pytest.raises(ConfigError, match="--resume"):
+        run(database_url, tmp_path, batch_size=5)
+    second, _ = run(database_url, tmp_path, batch_size=5, resume=True)
+    assert (second.processed, second.total) == (12, 12)
+    assert all(s is not None for s in scores(database_url))
+
+
+def test_dry_run_writes_nothing_and_keeps_its_own_checkpoint(
+    database_url: str, tmp_path: Path, bird_url: str
+) -> None:
+    fill(database_url, [bird_url] * 6)
+    summary, _ = run(database_url, tmp_path, dry_run=True)
+    assert summary.succeeded == 6
+    assert scores(database_url) == [None] * 6
+    assert (tmp_path / "progress.dry-run.json").exists()
+    assert not (tmp_path / "progress.json").exists()
+
+
+def test_retry_failed_tries_only_what_failed_and_forgets_recovered_rows(
+    database_url: str, tmp_path: Path, bird_url: str, image_server: ImageServer
+) -> None:
+    flaky = image_server.url("/flaky/1/a?img=/img/bird.jpg")
+    fill(database_url, [bird_url] * 4 + [flaky])
+    first, _ = run(database_url, tmp_path)
+    assert (first.succeeded, first.failed) == (4, 1)
+    hits_before = image_server.hits("/img/bird.jpg")
+    second, reporter = run(database_url, tmp_path, retry_failed=True)
+    assert (second.processed, second.succeeded, second.failed) == (5, 5, 0)
+    assert second.failed_images == ()
+    assert [o.row.url for o in reporter.outcomes] == [flaky]  # scored rows were not fetched again
+    assert image_server.hits("/img/bird.jpg") == hits_before
+    assert all(s is not None for s in scores(database_url))
+
+
+def test_nothing_to_do_is_said_and_is_success(
+    database_url: str, tmp_path: Path, bird_url: str
+) -> None:
+    fill(database_url, [bird_url] * 2)
+    run(database_url, tmp_path)
+    summary, reporter = run(database_url, tmp_path)
+    assert (summary.total, summary.processed, summary.failed) == (0, 0, 0)
+    assert "No images need quality score backfill" in reporter.messages
+
+
+def test_row_scored_by_someone_else_is_skipped_not_overwritten(
+    database_url: str, tmp_path: Path, image_server: ImageServer, bird_url: str
+) -> None:
+    slow = image_server.url("/slow/1500?img=/img/bird.jpg")
+    fill(database_url, [slow])
+    import threading
+    import time
+
+    def score_it_meanwhile() -> None:
+        time.sleep(0.7)
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            conn.execute("UPDATE images SET quality_score = 7")
+
+    thread = threading.Thread(target=score_it_meanwhile)
+    thread.start()
+    summary, _ = run(database_url, tmp_path)
+    thread.join()
+    assert (summary.processed, summary.succeeded, summary.skipped) == (1, 0, 1)
+    assert scores(database_url) == [7]
