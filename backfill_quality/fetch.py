@@ -20,12 +20,10 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
-import importlib.util
 import ipaddress
 import random
 import re
 import socket
-import sys
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -47,21 +45,6 @@ _METADATA_ADDRESSES = frozenset(
     {ipaddress.ip_address("169.254.169.254"), ipaddress.ip_address("fd00:ec2::254")}
 )
 _TRUNCATED_RE = re.compile(r"received (\d+) bytes, expected (\d+)")
-
-
-def _remember_that_sniffio_is_missing() -> None:
-    """Make httpcore's per-lock `import sniffio` cheap when sniffio is not installed.
-
-    httpcore (1.0.x) imports sniffio each time it creates a lock or event, several times per
-    request; without sniffio every failed import searches sys.path again (about 0.25 ms of CPU
-    each, measured by bench/fetch_client.py). A None entry in sys.modules fails the import at
-    once, which httpcore already handles by assuming asyncio.
-    """
-    if "sniffio" not in sys.modules and importlib.util.find_spec("sniffio") is None:
-        sys.modules["sniffio"] = None  # type: ignore[assignment]
-
-
-_remember_that_sniffio_is_missing()
 
 
 @dataclass(frozen=True, slots=True)

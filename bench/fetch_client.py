@@ -54,7 +54,7 @@ class Result:
     def row(self) -> str:
         rate = self.requests / self.elapsed_s
         return (
-            f"{self.setup:<16} {self.in_flight:>4} {rate:>9.1f} "
+            f"{self.setup:<24} {self.in_flight:>4} {rate:>9.1f} "
             f"{1000 * self.client_cpu_s / self.requests:>13.2f} "
             f"{100 * self.client_cpu_s / self.elapsed_s:>10.0f}% "
             f"{1000 * self.server_cpu_s / self.requests:>13.2f}"
@@ -62,7 +62,7 @@ class Result:
 
 
 HEADER = (
-    f"{'setup':<16} {'N':>4} {'req/s':>9} {'client ms/req':>13} {'client CPU':>11} "
+    f"{'setup':<24} {'N':>4} {'req/s':>9} {'client ms/req':>13} {'client CPU':>11} "
     f"{'server ms/req':>13}"
 )
 
@@ -153,25 +153,8 @@ async def raw_asyncio_setup(in_flight: int) -> AsyncIterator[Get]:
             writer.close()
 
 
-def without_sniffio_fix(inner: Any) -> Any:
-    """The same set-up with httpcore's repeated failed `import sniffio` (what the fix avoids)."""
-
-    @asynccontextmanager
-    async def setup(in_flight: int) -> AsyncIterator[Get]:
-        saved = sys.modules.pop("sniffio", "absent")
-        try:
-            async with inner(in_flight) as get:
-                yield get
-        finally:
-            if saved != "absent":
-                sys.modules["sniffio"] = saved  # type: ignore[assignment]
-
-    return setup
-
-
 SETUPS: dict[str, Any] = {
     "fetcher": fetcher_setup(),
-    "fetcher-no-sniffio-fix": without_sniffio_fix(fetcher_setup()),
     "fetcher-pool4": fetcher_setup(4),
     "fetcher-pool8": fetcher_setup(8),
     "fetcher-pool16": fetcher_setup(16),

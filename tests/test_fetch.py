@@ -360,7 +360,7 @@ def test_max_rps_holds_across_concurrent_tasks(image_server: ImageServer, jpeg: 
             return time.monotonic() - started
 
     elapsed_s = asyncio.run(run())
-    assert 0.95 <= elapsed_s < 1.25  # the first request is free, then one every 25 ms
+    assert 0.95 <= elapsed_s < 1.4  # the first request is free, then one every 25 ms
     assert image_server.hits("/img/a.jpg") == 41
 
 
@@ -377,7 +377,7 @@ def test_rate_limiter_slots_are_evenly_spaced() -> None:
 
     times_s = asyncio.run(run())
     assert times_s[0] < 0.01
-    assert 0.49 <= times_s[-1] < 0.6
+    assert 0.49 <= times_s[-1] < 0.7
     assert all(b - a > 0.01 for a, b in itertools.pairwise(times_s))
 
 
