@@ -27,6 +27,12 @@ BACKGROUND_GRID_CELLS = 7
 """Low-frequency noise resolution (cells along the long side)."""
 CHROMA_SHARE = 0.3
 """Colour part of the background noise relative to its brightness part (natural scenes)."""
+SCENE_AMPLITUDE = 28.0
+"""Strength of the background's colour blobs behind birds (0-255 units)."""
+CALM_AMPLITUDE = 4.0
+"""Strength of the blobs in an empty, featureless scene."""
+CALM_GRADIENT_SHARE = 0.25
+"""An empty scene keeps a quarter of the sky-to-ground colour change."""
 GRAIN_TILE_PX = 128
 GRAIN_SIGMA = 4.0
 """Fine sensor-like noise added at full size (standard deviation, 0-255 units)."""
@@ -70,9 +76,16 @@ def make_bird_image(
 def make_empty_image(
     *, seed: int, width: int, height: int, brightness: float = 1.0, fmt: str = "JPEG"
 ) -> bytes:
-    """Encoded image bytes: background only, nothing that stands out."""
+    """Encoded image bytes: a calm, featureless scene (sky, fog, a wall) with nothing in it."""
     rng = np.random.default_rng(seed)
-    canvas = _background(rng, width, height, is_blurred=True)
+    canvas = _background(
+        rng,
+        width,
+        height,
+        is_blurred=True,
+        noise_amplitude=CALM_AMPLITUDE,
+        gradient_share=CALM_GRADIENT_SHARE,
+    )
     return _finish(canvas, rng, width, height, brightness, fmt, 85)
 
 
@@ -82,18 +95,25 @@ def _build_size(width: int, height: int) -> tuple[int, int]:
 
 
 def _background(
-    rng: np.random.Generator, width: int, height: int, *, is_blurred: bool
+    rng: np.random.Generator,
+    width: int,
+    height: int,
+    *,
+    is_blurred: bool,
+    noise_amplitude: float = SCENE_AMPLITUDE,
+    gradient_share: float = 1.0,
 ) -> NDArray[np.float32]:
     """(h, w, 3) float canvas at build size: vertical gradient + smooth colour noise."""
     build_w, build_h = _build_size(width, height)
     scene = np.array(_SCENES[int(rng.integers(len(_SCENES)))], dtype=np.float32)
+    scene = scene[0] + (scene - scene[0]) * gradient_share
     rows = np.linspace(0.0, 1.0, build_h, dtype=np.float32)[:, None, None]
     split = float(rng.uniform(0.3, 0.7))
     upper = scene[0] + (scene[1] - scene[0]) * np.clip(rows / split, 0.0, 1.0)
     lower = scene[1] + (scene[2] - scene[1]) * np.clip((rows - split) / (1.0 - split), 0.0, 1.0)
     gradient = np.where(rows < split, upper, lower)
     canvas = np.broadcast_to(gradient, (build_h, build_w, 3)).copy()
-    canvas += _smooth_noise(rng, build_w, build_h, BACKGROUND_GRID_CELLS, amplitude=28.0)
+    canvas += _smooth_noise(rng, build_w, build_h, BACKGROUND_GRID_CELLS, amplitude=noise_amplitude)
     if not is_blurred:
         canvas += _smooth_noise(rng, build_w, build_h, build_w // 12, amplitude=26.0)
     return canvas

@@ -59,8 +59,8 @@ def test_small_image_is_not_upscaled() -> None:
     [
         (1, (400, 300), "red"),
         (3, (400, 300), "blue"),
-        (6, (300, 400), "green"),
-        (8, (300, 400), "yellow"),
+        (6, (300, 400), "yellow"),
+        (8, (300, 400), "green"),
     ],
 )
 def test_exif_orientation_is_applied(orientation: int, size: tuple[int, int], corner: str) -> None:
@@ -74,7 +74,7 @@ def test_exif_orientation_is_applied(orientation: int, size: tuple[int, int], co
     exif[0x0112] = orientation
     image = decode_image(encode(Image.fromarray(pixels), "JPEG", exif=exif, quality=95))
     assert (image.width, image.height) == size
-    assert image.rgb.shape[1] > image.rgb.shape[0] if size[0] > size[1] else True
+    assert (image.rgb.shape[1] > image.rgb.shape[0]) == (size[0] > size[1])
     expected = {
         "red": (255, 0, 0),
         "green": (0, 255, 0),

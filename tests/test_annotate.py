@@ -1,0 +1,72 @@
+"""annotate_image writes a PNG with the box and the scores; synthetic images are deterministic."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from backfill_quality.annotate import annotate_image
+from backfill_quality.errors import DecodeError
+from backfill_quality.models import Analysis, BBox, CheckResult, Measurements, Subject
+from backfill_quality.synthetic import make_bird_image, make_empty_image
+
+
+def analysis_with(subject: Subject | None) -> Analysis:
+    checks = tuple(
+        CheckResult(name, 100, True, "fine")
+        for name in ("birdSize", "positioning", "resolution", "contrast", "primarySubject")
+    )
+    measurements = Measurements(width=2000, height=1500, brightness=120.0, subject=subject)
+    return Analysis(measurements=measurements, checks=checks, score=100, category="high")
+
+
+def test_annotated_png_has_box_and_is_downscaled(tmp_path: Path) -> None:
+    data = make_bird_image(seed=1, width=2000, height=1500)
+    subject = Subject(BBox(0.25, 0.25, 0.5, 0.5), count=1, visible_ratio=1.0, confidence=0.9)
+    out = tmp_path / "out.png"
+    annotate_image(data, analysis_with(subject), out)
+    with Image.open(out) as image:
+        assert image.format == "PNG"
+        assert image.size == (1024, 768)
+        pixels = np.asarray(image.convert("RGB")).astype(int)
+    edge = pixels[384, 254:258]  # the left side of the box at x = 0.25 * 1024
+    assert ((edge[:, 0] > 200) & (edge[:, 1] < 80)).any()
+    assert pixels[5:60, 5:150].mean() < pixels[300:400, 700:800].mean()  # dark text panel
+
+
+def test_annotate_without_subject(tmp_path: Path) -> None:
+    out = tmp_path / "none.png"
+    annotate_image(make_empty_image(seed=2, width=300, height=200), analysis_with(None), out)
+    with Image.open(out) as image:
+        assert image.size == (300, 200)
+
+
+def test_annotate_rejects_non_images(tmp_path: Path) -> None:
+    with pytest.raises(DecodeError):
+        annotate_image(b"not an image", analysis_with(None), tmp_path / "x.png")
+
+
+def test_synthetic_images_are_deterministic_and_sized() -> None:
+    first = make_bird_image(seed=7, width=640, height=480, fmt="PNG")
+    assert first == make_bird_image(seed=7, width=640, height=480, fmt="PNG")
+    assert first != make_bird_image(seed=8, width=640, height=480, fmt="PNG")
+    with Image.open(io.BytesIO(first)) as image:
+        assert image.size == (640, 480)
+
+
+def test_synthetic_brightness_scales_the_image() -> None:
+    bright = make_bird_image(seed=3, width=320, height=240, fmt="PNG")
+    dark = make_bird_image(seed=3, width=320, height=240, brightness=0.3, fmt="PNG")
+    with Image.open(io.BytesIO(bright)) as a, Image.open(io.BytesIO(dark)) as b:
+        ratio = np.asarray(b).mean() / np.asarray(a).mean()
+    assert ratio == pytest.approx(0.3, abs=0.05)
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
+def test_synthetic_formats(fmt: str) -> None:
+    with Image.open(io.BytesIO(make_bird_image(seed=1, width=200, height=150, fmt=fmt))) as image:
+        assert image.format == fmt
