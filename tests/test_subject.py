@@ -25,6 +25,11 @@ def iou(a: BBox, b: BBox) -> float:
     return inter / (a.area + b.area - inter)
 
 
+def size_band(area: float) -> int:
+    """0: < 15 % of the frame, 1: 15-80 %, 2: > 80 % (SPEC 6)."""
+    return 0 if area < 0.15 else (2 if area > 0.80 else 1)
+
+
 def detect(seed: int, birds: list[BirdBox], **options: object) -> Subject | None:
     data = make_bird_image(seed=seed, width=800, height=600, birds=birds, **options)  # type: ignore[arg-type]
     return detect_subject(decode_image(data).rgb)
@@ -141,7 +146,7 @@ def test_uniform_sky_along_one_edge_is_not_a_frame() -> None:
 
 @pytest.mark.skipif(not BIRDS_DEV.is_dir(), reason=f"real photos not present at {BIRDS_DEV}")
 def test_corloc_on_real_bird_photos() -> None:
-    hits, ious, total = 0, [], 0
+    hits, ious, bands, total = 0, [], 0, 0
     with (BIRDS_DEV / "manifest.csv").open(newline="") as handle:
         for row in csv.DictReader(handle):
             if not row["bbox_w"]:
@@ -151,8 +156,12 @@ def test_corloc_on_real_bird_photos() -> None:
             score = iou(subject.bbox, truth) if subject else 0.0
             hits += score >= 0.5
             ious.append(score)
+            found_area = subject.bbox.area if subject else 0.0
+            bands += size_band(found_area) == size_band(truth.area)
             total += 1
     assert total == 90
-    # Detector: CorLoc 0.811 (73/90), mean IoU 0.621; centred 0.7 box: 0.633 / 0.542.
+    # Detector: CorLoc 0.811 (73/90), mean IoU 0.621, size-band 0.800 (72/90); centred 0.7
+    # box: 0.633 / 0.542 / 0.811. Size-band target 0.85 not reached yet (issue 6).
     assert hits / total >= 0.80
     assert sum(ious) / total >= 0.60
+    assert bands / total >= 0.78
