@@ -22,7 +22,7 @@ from typing import Any, NoReturn
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from backfill_quality.config import Shard, Target
-from backfill_quality.errors import CheckpointError
+from backfill_quality.errors import CheckpointError, CheckpointWriteError
 from backfill_quality.models import Outcome, RowId
 from backfill_quality.redaction import redact
 
@@ -87,6 +87,16 @@ class Checkpoint:
                     attempts=outcome.attempts,
                 )
             )
+
+    def forget_failures(self, row_ids: set[RowId]) -> None:
+        """Un-count failed rows that will be tried again (on resume: those past the mark)."""
+        if not row_ids:
+            return
+        kept = [f for f in self.failed_images if f.id not in row_ids]
+        forgotten = len(self.failed_images) - len(kept)
+        self.failed_images = kept
+        self.failed -= forgotten
+        self.processed -= forgotten
 
     def to_json(self) -> dict[str, Any]:
         """The JSON object written to disk (camelCase keys of the original, plus ours)."""
@@ -315,7 +325,7 @@ def save_checkpoint(path: Path, checkpoint: Checkpoint) -> None:
         temp_name = None
         _fsync_directory(path.parent)
     except OSError as exc:
-        raise CheckpointError(_save_failure_message(path, exc)) from exc
+        raise CheckpointWriteError(_save_failure_message(path, exc)) from exc
     finally:
         if temp_name is not None:
             Path(temp_name).unlink(missing_ok=True)

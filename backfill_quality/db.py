@@ -23,6 +23,7 @@ from backfill_quality.config import Shard, Target
 from backfill_quality.errors import ConfigError, DatabaseError
 from backfill_quality.migration_files import migration_files, split_statements
 from backfill_quality.models import ImageRow, RowId
+from backfill_quality.redaction import has_unparsable_password
 
 INTEGER_ID_TYPES = frozenset({"smallint", "integer", "bigint"})
 TEXT_ID_TYPES = frozenset({"text", "character varying"})
@@ -85,6 +86,8 @@ def _scrub(message: str, database_url: str) -> str:
 
 def _where(database_url: str) -> str:
     """host:port/dbname as libpq would resolve it, without the password."""
+    if has_unparsable_password(database_url):
+        return "the --database-url given (its password must be percent-encoded)"
     try:
         params: dict[str, Any] = dict(psycopg.conninfo.conninfo_to_dict(database_url))
     except psycopg.Error:
@@ -115,6 +118,8 @@ def connect(
         )
     except psycopg.Error as exc:
         detail = _scrub(" ".join(str(exc).split()), database_url)
+        if has_unparsable_password(database_url):  # libpq's message quotes pieces of it
+            detail = "percent-encode '/', '?', '#', '@' and ':' in the password"
         message = (
             f"could not connect to the database at {_where(database_url)}: {detail}"
             " — check DATABASE_URL / --database-url or the PG* environment variables"
@@ -216,8 +221,10 @@ def _find_table(conn: psycopg.Connection[Any], target: Target) -> int:
     if row is None or row[0] is None:
         names = conn.execute(
             "SELECT string_agg(quote_ident(relname), ', ' ORDER BY relname) FROM"
-            " (SELECT relname FROM pg_class WHERE relkind IN ('r', 'p')"
-            " AND pg_table_is_visible(oid) ORDER BY relname LIMIT 20) t"
+            " (SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE c.relkind IN ('r', 'p') AND pg_table_is_visible(c.oid)"
+            " AND n.nspname NOT IN ('pg_catalog', 'information_schema')"
+            " AND n.nspname NOT LIKE 'pg_toast%' ORDER BY c.relname LIMIT 20) t"
         ).fetchone()
         existing = names[0] if names and names[0] else "none"
         raise ConfigError(
@@ -309,6 +316,22 @@ def _row_id(value: Any) -> RowId:
     if isinstance(value, int):
         return value
     return str(value)
+
+
+def ids_after(
+    conn: psycopg.Connection[Any], target: Target, ids: Sequence[RowId], after_id: RowId
+) -> set[RowId]:
+    """Which of `ids` sort after `after_id` in the table's key order (the database decides:
+    text keys follow its collation, not Python's)."""
+    if not ids:
+        return set()
+    key = sql.Identifier(target.id_column)
+    query = sql.SQL("SELECT {key} FROM {table} WHERE {key}::text = ANY($1) AND {key} > $2").format(
+        key=key, table=_table(target)
+    )
+    with _translated(f"reading failed rows of {_table_label(target)!r}"):
+        rows = _raw(conn, query, [[str(i) for i in ids], after_id]).fetchall()
+    return {_row_id(row_id) for (row_id,) in rows}
 
 
 def fetch_page(
@@ -433,7 +456,9 @@ def write_score_results(
                     continue
                 results.append(WriteResult(row_id, cur.rowcount == 1))
     except psycopg.Error as exc:
-        raise _translate(exc, f"writing scores to {_table_label(target)!r}") from exc
+        failure = _translate(exc, f"writing scores to {_table_label(target)!r}")
+        failure.confirmed = list(results)  # committed (or refused) before the loss: not to redo
+        raise failure from exc
     return results
 
 
@@ -582,3 +607,94 @@ def replace_demo_rows(conn: psycopg.Connection[Any], urls: Sequence[str]) -> Non
             cur.executemany("INSERT INTO images (url) VALUES (%s)", [(url,) for url in urls])
     except psycopg.Error as exc:
         raise _translate(exc, "filling the demo table") from exc
+
+
+# --- status (owned by the status/watch engineer) ------------------------------------------------
+
+ScoreBuckets = tuple[int, list[int]]  # (unscored rows, scored rows per decile 0-9 … 90-100)
+
+
+def count_score_buckets(
+    conn: psycopg.Connection[Any], target: Target, *, timeout_ms: int | None = None
+) -> ScoreBuckets | None:
+    """Exact unscored count and decile histogram in one scan; None if `timeout_ms` ran out."""
+    query = sql.SQL(
+        "SELECT CASE WHEN {s} IS NULL THEN -1 ELSE greatest(0, least({s} / 10, 9)) END AS bucket,"
+        " count(*) FROM {table} GROUP BY bucket"
+    ).format(s=sql.Identifier(target.score_column), table=_table(target))
+    try:
+        with conn.transaction():
+            if timeout_ms is not None:
+                conn.execute(f"SET LOCAL statement_timeout = {int(timeout_ms)}")
+            rows = conn.execute(query).fetchall()
+    except psycopg.errors.QueryCanceled:
+        return None
+    except psycopg.Error as exc:
+        raise _translate(exc, f"counting the scores of {_table_label(target)!r}") from exc
+    buckets = [0] * 10
+    unscored = 0
+    for bucket, count in rows:
+        if int(bucket) < 0:
+            unscored = int(count)
+        else:
+            buckets[int(bucket)] += int(count)
+    return unscored, buckets
+
+
+def _estimate_rows(conn: psycopg.Connection[Any], query: sql.Composed, params: list[Any]) -> int:
+    row = _raw(conn, sql.SQL("EXPLAIN (FORMAT JSON) {}").format(query), params).fetchone()
+    plan = row[0] if row else None
+    if isinstance(plan, str):
+        plan = json.loads(plan)
+    return int(plan[0]["Plan"]["Plan Rows"]) if plan else 0
+
+
+def estimate_score_buckets(conn: psycopg.Connection[Any], target: Target) -> ScoreBuckets:
+    """The planner's estimates (column statistics, instant on any size) of the same figures."""
+    score, table = sql.Identifier(target.score_column), _table(target)
+    with _translated(f"estimating the scores of {_table_label(target)!r}"):
+        unscored = estimate_unscored(conn, target)
+        buckets = []
+        for decile in range(10):
+            upper = sql.SQL("") if decile == 9 else sql.SQL(" AND {} < $2").format(score)
+            query = sql.SQL("SELECT 1 FROM {} WHERE {} >= $1{}").format(table, score, upper)
+            params = [decile * 10] if decile == 9 else [decile * 10, decile * 10 + 10]
+            buckets.append(_estimate_rows(conn, query, params))
+    return unscored, buckets
+
+
+def estimate_table_rows(conn: psycopg.Connection[Any], target: Target) -> int:
+    """The planner's estimate of the table's row count (instant)."""
+    with _translated(f"estimating the size of {_table_label(target)!r}"):
+        return _estimate_rows(conn, sql.SQL("SELECT 1 FROM {}").format(_table(target)), [])
+
+
+# --- watch mode (owned by the status/watch engineer) --------------------------------------------
+
+
+def listen(conn: psycopg.Connection[Any], channel: str) -> None:
+    """LISTEN on `channel` (the connection must be in autocommit, as `connect` makes it)."""
+    with _translated(f"listening on channel {channel!r}"):
+        conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
+
+
+def wait_for_notifications(conn: psycopg.Connection[Any], timeout_s: float) -> list[str]:
+    """Payloads of the notifications that arrive within `timeout_s` (plus any queued behind the
+    first); [] on timeout. A lost connection raises a retryable DatabaseError."""
+    with _translated("waiting for notifications"):
+        payloads = [n.payload for n in conn.notifies(timeout=timeout_s, stop_after=1)]
+        if payloads:
+            payloads += [n.payload for n in conn.notifies(timeout=0.0)]
+    return payloads
+
+
+def has_notify_trigger(conn: psycopg.Connection[Any], target: Target, trigger: str) -> bool:
+    """True if the target table has an enabled trigger of that name (migration 004 adds one)."""
+    qualified = _table(target).as_string(conn)
+    with _translated(f"looking for the notify trigger on {_table_label(target)!r}"):
+        row = conn.execute(
+            "SELECT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = to_regclass(%s)"
+            " AND tgname = %s AND tgenabled <> 'D')",
+            (qualified, trigger),
+        ).fetchone()
+    return bool(row and row[0])

@@ -1,7 +1,8 @@
 """A database connection that survives: reconnects with backoff when the server drops us.
 
 All calls run on one dedicated thread (psycopg connections are not shared across threads here),
-so the async pipeline awaits them without blocking its event loop.
+so the async pipeline awaits them without blocking its event loop, and a signal can cancel the
+statement that is running.
 """
 
 from __future__ import annotations
@@ -9,13 +10,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from backfill_quality import db
+from backfill_quality.config import Target
 from backfill_quality.errors import DatabaseError
+from backfill_quality.models import RowId
 
 T = TypeVar("T")
 
@@ -39,49 +43,75 @@ class DatabaseSession:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bq-db")
         self._on_reconnect = on_reconnect
         self._budget_s = reconnect_budget_s
+        self._closing = threading.Event()
 
-    def open(self) -> None:
-        """Connect now (synchronously) so a bad URL fails before any work starts."""
-        self._conn = db.connect(self._url)
+    async def open(self) -> None:
+        """Connect now, without retrying, so a wrong URL fails before any work starts."""
+        await self._on_thread(self._connect)
 
     def close(self) -> None:
-        if self._conn is not None:
-            try:
-                self._conn.close()
-            finally:
-                self._conn = None
+        """Stop reconnecting, wait for the session's thread, close the connection."""
+        self._closing.set()
         self._executor.shutdown(wait=True)
+        self._drop()
 
-    @property
-    def connection(self) -> Any:
-        """The live connection, for synchronous use before the pipeline starts."""
+    def cancel(self) -> None:
+        """Cancel the statement running now (from any thread); it fails on its own thread."""
+        conn = self._conn
+        if conn is not None:
+            with contextlib.suppress(Exception):  # nothing running, or the server is gone
+                conn.cancel_safe(timeout=2.0)
+
+    async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """fn(conn, *args, **kwargs) on the session's thread, retried after a reconnect."""
+        return await self._on_thread(lambda: self._call_sync(fn, *args, **kwargs))
+
+    async def write_scores(
+        self, target: Target, scores: Sequence[tuple[RowId, int]]
+    ) -> list[db.WriteResult]:
+        """Write a batch; after a reconnect only the rows not yet confirmed are sent again, so
+        a row committed before the loss is not mistaken for someone else's write."""
+        done: list[db.WriteResult] = []
+        remaining = list(scores)
+
+        def attempt(conn: Any) -> list[db.WriteResult]:
+            nonlocal remaining
+            try:
+                results = db.write_score_results(conn, target, remaining)
+            except DatabaseError as exc:
+                confirmed = [r for r in exc.confirmed if isinstance(r, db.WriteResult)]
+                done.extend(confirmed)
+                remaining = remaining[len(confirmed) :]
+                raise
+            done.extend(results)
+            return done
+
+        return await self.call(attempt)
+
+    async def _on_thread(self, fn: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+
+    def _connect(self) -> Any:
         if self._conn is None:
             self._conn = db.connect(self._url)
         return self._conn
 
-    def call_sync(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run fn(conn, *args) and retry it on a fresh connection after a retryable error."""
-        deadline = time.monotonic() + self._budget_s
+    def _call_sync(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        budget_end = time.monotonic() + self._budget_s
         attempt = 0
         while True:
             try:
-                return fn(self.connection, *args, **kwargs)
+                return fn(self._connect(), *args, **kwargs)
             except DatabaseError as exc:
-                if not exc.retryable or time.monotonic() >= deadline:
+                if not exc.retryable or time.monotonic() >= budget_end or self._closing.is_set():
                     raise
                 self._drop()
                 attempt += 1
                 delay = min(RECONNECT_CAP_S, RECONNECT_BASE_S * 2**attempt) * random.uniform(0.5, 1)
                 if self._on_reconnect is not None:
                     self._on_reconnect(f"{exc}; reconnecting in {delay:.1f}s (attempt {attempt})")
-                time.sleep(delay)
-
-    async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """call_sync on the session's own thread."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            self._executor, lambda: self.call_sync(fn, *args, **kwargs)
-        )
+                if self._closing.wait(delay):
+                    raise
 
     def _drop(self) -> None:
         conn, self._conn = self._conn, None

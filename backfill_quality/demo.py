@@ -18,7 +18,6 @@ from backfill_quality.errors import ConfigError
 from backfill_quality.imageserver import ImageServer
 from backfill_quality.synthetic import BirdBox, make_bird_image, make_empty_image
 
-DEFAULT_ROWS = 300
 DISTINCT_IMAGES = 48
 BROKEN_PATHS = ("/status/404", "/not-an-image", "/truncated", "/status/500")
 

@@ -21,10 +21,20 @@ class DatabaseError(BackfillError):
     def __init__(self, message: str, *, retryable: bool = False) -> None:
         super().__init__(message)
         self.retryable = retryable
+        self.confirmed: list[object] = []  # a batch's results known before the failure
 
 
 class CheckpointError(BackfillError):
-    """The checkpoint file is unreadable, malformed, from another target, or cannot be written."""
+    """The checkpoint file is unreadable, malformed, or from another target or kind of run: the
+    user must choose (--restart, another --checkpoint), so it is a usage error."""
+
+    exit_code = 2
+
+
+class CheckpointWriteError(CheckpointError):
+    """The checkpoint cannot be written (folder missing or read-only, disk full)."""
+
+    exit_code = 1
 
 
 class FetchError(BackfillError):

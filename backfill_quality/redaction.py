@@ -23,17 +23,40 @@ def register_secret(value: str | None) -> None:
         _secrets.add(value)
 
 
+def raw_url_password(database_url: str) -> str | None:
+    """The password of a `scheme://user:password@host/...` URL as typed, even when it holds an
+    unescaped '/', '?' or '#' that makes standard URL parsing miss it (hosts cannot hold '@')."""
+    _, sep, rest = database_url.partition("://")
+    userinfo, at, _ = rest.rpartition("@")
+    if not sep or not at or ":" not in userinfo:
+        return None
+    return userinfo.split(":", 1)[1] or None
+
+
+def has_unparsable_password(database_url: str) -> bool:
+    """Whether the URL's password holds a character that must be percent-encoded."""
+    raw = raw_url_password(database_url)
+    try:
+        parsed = urlsplit(database_url).password
+    except ValueError:
+        parsed = None
+    return raw is not None and parsed != raw
+
+
 def register_database_secrets(database_url: str) -> None:
-    """Register the password of a libpq URL or key=value string, and PGPASSWORD."""
+    """Register the password of a libpq URL or key=value string, and PGPASSWORD.
+
+    A password with an unescaped '/', '?' or '#' is cut into pieces by libpq's parser, which may
+    echo them as host, port or database name: each piece is registered too.
+    """
     register_secret(os.environ.get("PGPASSWORD"))
     if "://" in database_url:
-        try:
-            password = urlsplit(database_url).password
-        except ValueError:
-            password = None
+        password = raw_url_password(database_url)
         if password:
             register_secret(password)
             register_secret(unquote(password))
+            for piece in re.split(r"[/?#@:]", password):
+                register_secret(piece)
     for match in _KV_PASSWORD.finditer(database_url):
         register_secret(match.group(2).strip("'"))
 

@@ -9,23 +9,46 @@ from backfill_quality.config import RunSettings
 from backfill_quality.errors import ConfigError
 
 
-def prepare_checkpoint(settings: RunSettings, path: Path, fingerprint: str) -> Checkpoint:
-    """The checkpoint to start from, refusing to silently overwrite an unfinished run."""
+def prepare_checkpoint(
+    settings: RunSettings, path: Path, fingerprint: str, description: str
+) -> Checkpoint:
+    """The checkpoint to start from, refusing to silently overwrite an unfinished run.
+
+    `description` names the target for people (host/db table(columns) shard), never a password.
+    """
+    checkpoint = _choose(settings, path, fingerprint, description)
+    checkpoint.target = description
+    return checkpoint
+
+
+def _choose(settings: RunSettings, path: Path, fingerprint: str, description: str) -> Checkpoint:
     shard = str(settings.shard) if settings.shard else None
     fresh = Checkpoint(fingerprint=fingerprint, dry_run=settings.dry_run, shard=shard)
     if settings.restart:
         return fresh
     existing = load_checkpoint(path)
     if settings.retry_failed:
-        return _for_retry(existing, settings, path, fingerprint)
+        return _for_retry(existing, settings, path, fingerprint, description)
     if settings.resume:
         if existing is None:
             raise ConfigError(
                 f"--resume: there is no checkpoint at {path} to resume from. "
                 "Run without --resume to start a new backfill (or name the file with --checkpoint)."
             )
-        check_resumable(existing, fingerprint=fingerprint, dry_run=settings.dry_run, path=path)
+        check_resumable(
+            existing,
+            fingerprint=fingerprint,
+            dry_run=settings.dry_run,
+            path=path,
+            target_description=description,
+        )
         return existing
+    if existing is not None and not existing.finished and existing.fingerprint != fingerprint:
+        raise ConfigError(
+            f"an unfinished run's checkpoint for another target exists at {path} "
+            f"({existing.target or 'fingerprint ' + existing.fingerprint}). "
+            "Name another file with --checkpoint, or --restart to replace it."
+        )
     if existing is not None and not existing.finished:
         raise ConfigError(
             f"an unfinished run's checkpoint exists at {path} "
@@ -37,7 +60,11 @@ def prepare_checkpoint(settings: RunSettings, path: Path, fingerprint: str) -> C
 
 
 def _for_retry(
-    existing: Checkpoint | None, settings: RunSettings, path: Path, fingerprint: str
+    existing: Checkpoint | None,
+    settings: RunSettings,
+    path: Path,
+    fingerprint: str,
+    description: str,
 ) -> Checkpoint:
     """--retry-failed: walk the unscored rows again from the start of the key space.
 
@@ -49,7 +76,13 @@ def _for_retry(
             f"--retry-failed: there is no checkpoint at {path} whose failures could be retried. "
             "A new run (without --resume) tries every unscored row anyway."
         )
-    check_resumable(existing, fingerprint=fingerprint, dry_run=settings.dry_run, path=path)
+    check_resumable(
+        existing,
+        fingerprint=fingerprint,
+        dry_run=settings.dry_run,
+        path=path,
+        target_description=description,
+    )
     retried = len(existing.failed_images)
     existing.processed -= retried
     existing.failed -= retried

@@ -14,10 +14,12 @@ import os
 import signal
 import time
 from collections import deque
+from collections.abc import Collection
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from backfill_quality import db
 from backfill_quality.checkpoint import (
@@ -35,17 +37,15 @@ from backfill_quality.fetch import ImageFetcher
 from backfill_quality.models import ImageRow, Outcome, RowId, RunSummary
 from backfill_quality.progress import EtaEstimator, Reporter
 from backfill_quality.resume import prepare_checkpoint
-from backfill_quality.scoring import score_only
+from backfill_quality.worker import SCORING_MODULE, ignore_signals, score_in_worker
 
 NOTHING_TO_DO = "No images need quality score backfill"
 EXIT_SIGNALS = {"SIGINT": 130, "SIGTERM": 143}
 WRITE_BATCH_MAX = 50
-
-
-def _ignore_signals() -> None:
-    """Worker processes leave SIGINT/SIGTERM to the parent, which stops them in order."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+MAX_POOL_CRASHES = 5
+"""Scoring-process crashes in a row, with no image scored in between, before the run gives up."""
+SCORING_BACKLOG_PER_WORKER = 2
+"""Downloaded images that may wait for a scoring process, per process, beyond --concurrency."""
 
 
 @dataclass(slots=True)
@@ -73,11 +73,17 @@ class Runner:
     """Runs one backfill with the given settings, reporting to `reporter`."""
 
     def __init__(
-        self, settings: RunSettings, reporter: Reporter, *, handle_signals: bool = True
+        self,
+        settings: RunSettings,
+        reporter: Reporter,
+        *,
+        handle_signals: bool = True,
+        skip_ids: Collection[RowId] = (),
     ) -> None:
         self.settings = settings
         self.reporter = reporter
         self._handle_signals = handle_signals
+        self._skip_ids = frozenset(skip_ids)  # watch mode: failed rows held back for a while
         self._interrupted: str | None = None
         self._fatal: BaseException | None = None
         self._issuer: asyncio.Task[None] | None = None
@@ -85,6 +91,10 @@ class Runner:
         self._pool: ProcessPoolExecutor | None = None
         self._started = time.monotonic()
         self._resumed_processed = 0
+        self._previous_handlers: dict[int, Any] = {}
+        self._main: asyncio.Task[RunSummary] | None = None
+        self._pool_crashes = 0
+        self._session: DatabaseSession | None = None
         self._eta = EtaEstimator()
 
     def run(self) -> RunSummary:
@@ -92,37 +102,59 @@ class Runner:
         return asyncio.run(self._run())
 
     async def _run(self) -> RunSummary:
-        s = self.settings
-        session = DatabaseSession(s.database_url, on_reconnect=self.reporter.warning)
+        session = DatabaseSession(self.settings.database_url, on_reconnect=self.reporter.warning)
+        self._session = session
+        self._main = asyncio.current_task()
+        self._install_signal_handlers()
         try:
-            session.open()
-            conn = session.connection
-            id_type = db.check_target(conn, s.target)
-            database = db.describe_database(conn)
-            fingerprint = make_fingerprint(database=database, target=s.target, shard=s.shard)
-            path = checkpoint_path_for(s.checkpoint_path, dry_run=s.dry_run, shard=s.shard)
-            checkpoint = prepare_checkpoint(s, path, fingerprint)
-            self._resumed_processed = checkpoint.processed
-            checkpoint.target = describe_target(database=database, target=s.target, shard=s.shard)
-            id_range = db.key_range_for_shard(conn, s.target, id_type, s.shard) if s.shard else None
-            left = db.count_unscored(
-                conn, s.target, after_id=checkpoint.last_processed_id, id_range=id_range
-            )
-            if s.limit is not None:
-                left = min(left, s.limit)
-            checkpoint.total = checkpoint.processed + left
-            checkpoint.finished = False
+            try:
+                await session.open()
+                start = await session.call(self._prepare)
+            except asyncio.CancelledError:
+                if self._interrupted is None:
+                    raise
+                return self._summary_before_start()
+            checkpoint, path, id_range, left = start
+            save_checkpoint(path, checkpoint)  # from now on, --resume has something to resume
             if left == 0:
                 return self._finish_empty(checkpoint, path)
             self.reporter.start(
                 total=checkpoint.total,
                 resumed_from=checkpoint.last_processed_id,
-                dry_run=s.dry_run,
+                dry_run=self.settings.dry_run,
             )
             await self._pipeline(session, checkpoint, path, id_range)
             return self._summary(checkpoint, path)
         finally:
-            session.close()
+            if self._interrupted is not None:
+                session.cancel()  # do not wait for a statement stuck on a lock
+            # closing joins the session's thread: off the loop, so a second signal still works
+            await asyncio.to_thread(session.close)
+            self._remove_signal_handlers()
+
+    def _prepare(self, conn: Any) -> tuple[Checkpoint, Path, db.IdRange | None, int]:
+        """On the database thread: check the target, choose the checkpoint, count the rows."""
+        s = self.settings
+        id_type = db.check_target(conn, s.target)
+        database = db.describe_database(conn)
+        fingerprint = make_fingerprint(database=database, target=s.target, shard=s.shard)
+        path = checkpoint_path_for(s.checkpoint_path, dry_run=s.dry_run, shard=s.shard)
+        description = describe_target(database=database, target=s.target, shard=s.shard)
+        checkpoint = prepare_checkpoint(s, path, fingerprint, description)
+        mark = checkpoint.last_processed_id
+        if checkpoint.failed_images:
+            # rows that failed past the mark are met again: count them once, when they are
+            ids = [f.id for f in checkpoint.failed_images]
+            past = set(ids) if mark is None else db.ids_after(conn, s.target, ids, mark)
+            checkpoint.forget_failures(past)
+        self._resumed_processed = checkpoint.processed
+        id_range = db.key_range_for_shard(conn, s.target, id_type, s.shard) if s.shard else None
+        left = db.count_unscored(conn, s.target, after_id=mark, id_range=id_range)
+        if s.limit is not None:
+            left = min(left, s.limit)
+        checkpoint.total = checkpoint.processed + left
+        checkpoint.finished = False
+        return checkpoint, path, id_range, left
 
     def _finish_empty(self, checkpoint: Checkpoint, path: Path) -> RunSummary:
         self.reporter.info(NOTHING_TO_DO)
@@ -135,13 +167,12 @@ class Runner:
         session: DatabaseSession,
         checkpoint: Checkpoint,
         path: Path,
-        id_range: tuple[RowId | None, RowId | None] | None,
+        id_range: db.IdRange | None,
     ) -> None:
         s = self.settings
         state = _State(checkpoint=checkpoint, mark=LowWaterMark(checkpoint.last_processed_id))
         self._state = state
         results: asyncio.Queue[tuple[Outcome, _Page]] = asyncio.Queue()
-        self._install_signal_handlers()
         self._pool = self._new_pool()
         writer = asyncio.create_task(self._write_loop(session, results, state, path))
         try:
@@ -160,7 +191,6 @@ class Runner:
             writer.cancel()
             await asyncio.gather(writer, return_exceptions=True)
             self._pool.shutdown(wait=True, cancel_futures=True)
-            self._remove_signal_handlers()
         state.checkpoint.last_processed_id = state.mark.mark
         state.checkpoint.finished = (
             state.is_exhausted and self._interrupted is None and self._fatal is None
@@ -176,30 +206,39 @@ class Runner:
         fetcher: ImageFetcher,
         results: asyncio.Queue[tuple[Outcome, _Page]],
         state: _State,
-        id_range: tuple[RowId | None, RowId | None] | None,
+        id_range: db.IdRange | None,
     ) -> None:
         s = self.settings
-        in_flight = asyncio.Semaphore(s.fetch.concurrency)
+        workers = s.workers or os.cpu_count() or 1
+        rows_in_flight = asyncio.Semaphore(
+            s.fetch.concurrency + SCORING_BACKLOG_PER_WORKER * workers
+        )
+        fetching = asyncio.Semaphore(s.fetch.concurrency)
         left = s.limit
         cursor = state.checkpoint.last_processed_id
         next_read: asyncio.Task[list[ImageRow]] | None = asyncio.create_task(
             self._read_page(session, cursor, id_range)
         )
         while next_read is not None:
-            rows = await next_read
+            page_rows = await next_read
             next_read = None
+            rows = [row for row in page_rows if row.id not in self._skip_ids]
             if left is not None:
                 rows = rows[:left]
                 left -= len(rows)
-            if len(rows) == s.batch_size and (left is None or left > 0):
-                next_read = asyncio.create_task(self._read_page(session, rows[-1].id, id_range))
+            if len(page_rows) == s.batch_size and (left is None or left > 0):
+                next_read = asyncio.create_task(
+                    self._read_page(session, page_rows[-1].id, id_range)
+                )
             page = _Page()
             state.pages.append(page)
             for row in rows:
-                await in_flight.acquire()
+                await rows_in_flight.acquire()
                 state.mark.issue(row.id)
                 page.remaining += 1
-                task = asyncio.create_task(self._process(row, fetcher, in_flight, results, page))
+                task = asyncio.create_task(
+                    self._process(row, fetcher, (rows_in_flight, fetching), results, page)
+                )
                 state.tasks.add(task)
                 task.add_done_callback(state.tasks.discard)
             page.is_closed = True
@@ -213,7 +252,7 @@ class Runner:
         self,
         session: DatabaseSession,
         after_id: RowId | None,
-        id_range: tuple[RowId | None, RowId | None] | None,
+        id_range: db.IdRange | None,
     ) -> list[ImageRow]:
         return await session.call(
             db.fetch_page,
@@ -227,50 +266,78 @@ class Runner:
         self,
         row: ImageRow,
         fetcher: ImageFetcher,
-        in_flight: asyncio.Semaphore,
+        slots: tuple[asyncio.Semaphore, asyncio.Semaphore],
         results: asyncio.Queue[tuple[Outcome, _Page]],
         page: _Page,
     ) -> None:
+        """One row from URL to outcome. `slots`: (rows in flight, of which downloading)."""
+        rows_in_flight, fetching = slots
         try:
-            outcome = await self._score_row(row, fetcher)
+            outcome = await self._score_row(row, fetcher, fetching)
         finally:
-            in_flight.release()
+            rows_in_flight.release()
         if outcome is not None:
             results.put_nowait((outcome, page))
 
-    async def _score_row(self, row: ImageRow, fetcher: ImageFetcher) -> Outcome | None:
-        s = self.settings
+    async def _score_row(
+        self, row: ImageRow, fetcher: ImageFetcher, fetching: asyncio.Semaphore
+    ) -> Outcome | None:
         attempts = 1
         try:
-            fetched = await fetcher.fetch(row.url)
+            async with fetching:
+                fetched = await fetcher.fetch(row.url)
             attempts = fetched.attempts
-            loop = asyncio.get_running_loop()
-            assert self._pool is not None
-            score = await loop.run_in_executor(
-                self._pool, score_only, fetched.data, s.thresholds, s.max_pixels
-            )
+            try:
+                score = await self._score_in_pool(fetched.data)
+            except BrokenProcessPool:  # a crash elsewhere may have taken this row along: again
+                score = await self._score_in_pool(fetched.data)
+            self._pool_crashes = 0
             return Outcome(row, score=score, attempts=attempts)
         except FetchError as exc:
             return Outcome(row, error=str(exc), attempts=exc.attempts)
         except DecodeError as exc:
             return Outcome(row, error=str(exc), attempts=attempts)
         except BrokenProcessPool:
-            if self._interrupted is not None:
+            if self._interrupted is not None or self._fatal is not None:
                 return None
-            self._replace_pool()
-            return Outcome(
-                row, error="the scoring process crashed on this image", attempts=attempts
-            )
+            error = "the scoring process crashed twice on this image (out of memory?)"
+            return Outcome(row, error=error, attempts=attempts)
         except Exception as exc:
             return Outcome(row, error=f"internal error while scoring: {exc!r}", attempts=attempts)
 
     def _new_pool(self) -> ProcessPoolExecutor:
         """Scoring processes, one per core; forkserver, since this process runs threads."""
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload([SCORING_MODULE])
         return ProcessPoolExecutor(
             max_workers=self.settings.workers or os.cpu_count() or 1,
-            mp_context=multiprocessing.get_context("forkserver"),
-            initializer=_ignore_signals,
+            mp_context=context,
+            initializer=ignore_signals,
         )
+
+    async def _score_in_pool(self, data: bytes) -> int:
+        """Score in a worker process; a broken pool is replaced (once per breakage) and the
+        error re-raised. Crash after crash with no success in between is fatal."""
+        pool = self._pool
+        assert pool is not None
+        s = self.settings
+        try:
+            return await asyncio.get_running_loop().run_in_executor(
+                pool, score_in_worker, data, s.thresholds, s.max_pixels
+            )
+        except BrokenProcessPool:
+            if pool is self._pool and self._interrupted is None:
+                self._pool_crashes += 1
+                if self._pool_crashes > MAX_POOL_CRASHES:
+                    self._fail(
+                        BackfillError(
+                            "the scoring processes keep crashing; try `backfill-quality score "
+                            "--verbose` on one of the images to see why"
+                        )
+                    )
+                else:
+                    self._replace_pool()
+            raise
 
     def _replace_pool(self) -> None:
         old = self._pool
@@ -307,7 +374,7 @@ class Runner:
         scores = [(o.row.id, o.score) for o, _ in batch if o.score is not None]
         written: dict[RowId, db.WriteResult] = {}
         if scores and not self.settings.dry_run:
-            results = await session.call(db.write_score_results, self.settings.target, scores)
+            results = await session.write_scores(self.settings.target, scores)
             written = {result.row_id: result for result in results}
         for outcome, page in batch:
             result = written.get(outcome.row.id)
@@ -342,6 +409,12 @@ class Runner:
         self._stop()
 
     def _stop(self) -> None:
+        if self._state is None:  # still starting: abandon the start-up and its statement
+            if self._main is not None:
+                self._main.cancel()
+            if self._session is not None:
+                self._session.cancel()
+            return
         if self._issuer is not None:
             self._issuer.cancel()
         if self._state is not None:
@@ -363,14 +436,36 @@ class Runner:
             return
         loop = asyncio.get_running_loop()
         for name in EXIT_SIGNALS:
-            loop.add_signal_handler(getattr(signal, name), self._on_signal, name)
+            signum = getattr(signal, name)
+            self._previous_handlers[signum] = signal.getsignal(signum)
+            loop.add_signal_handler(signum, self._on_signal, name)
 
     def _remove_signal_handlers(self) -> None:
-        if not self._handle_signals:
-            return
+        """Put back the handlers found at start (not the default), so a caller that runs
+        several cycles (watch) is never left without its own."""
         loop = asyncio.get_running_loop()
-        for name in EXIT_SIGNALS:
-            loop.remove_signal_handler(getattr(signal, name))
+        for signum, previous in self._previous_handlers.items():
+            loop.remove_signal_handler(signum)
+            signal.signal(signum, previous)
+        self._previous_handlers.clear()
+
+    def _summary_before_start(self) -> RunSummary:
+        """Interrupted while starting: nothing was processed and no checkpoint was written."""
+        s = self.settings
+        path = checkpoint_path_for(s.checkpoint_path, dry_run=s.dry_run, shard=s.shard)
+        return RunSummary(
+            total=0,
+            processed=0,
+            succeeded=0,
+            failed=0,
+            skipped=0,
+            elapsed_s=time.monotonic() - self._started,
+            rate_per_s=0.0,
+            dry_run=s.dry_run,
+            interrupted=self._interrupted,
+            failed_images=(),
+            checkpoint_path=str(path),
+        )
 
     def _summary(self, checkpoint: Checkpoint, path: Path) -> RunSummary:
         elapsed_s = time.monotonic() - self._started

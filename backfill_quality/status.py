@@ -1,8 +1,19 @@
-"""What `status` reports: every checkpoint beside the given one, and the table's scores."""
+"""What `status` reports: every checkpoint beside the given one, and the table's scores.
+
+Checkpoints: `<stem>*.json` in the checkpoint's folder — the run, its dry run, every shard, the
+watch — each with progress, ETA, failures and when it was last written; an unreadable file is
+listed with the reason instead of stopping the report. Shards are also summed per N, naming
+the shards whose checkpoint is missing.
+
+Table: by default exact counts when the table is small enough to count in a moment, else the
+planner's estimates (instant on any size, marked as such); `exact=True` always counts.
+"""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +21,10 @@ from backfill_quality import db
 from backfill_quality.checkpoint import Checkpoint, load_checkpoint
 from backfill_quality.config import Target
 from backfill_quality.errors import BackfillError
+from backfill_quality.redaction import redact
+
+CATEGORY_DECILES = {"high": range(8, 10), "medium": range(6, 8), "low": range(0, 6)}
+_SHARD = re.compile(r"^(\d+)/(\d+)$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,53 +34,152 @@ class CheckpointInfo:
     path: Path
     checkpoint: Checkpoint | None
     problem: str | None = None
+    updated_at: datetime | None = None
+
+    @property
+    def percent(self) -> float | None:
+        cp = self.checkpoint
+        return 100.0 * cp.processed / cp.total if cp and cp.total else None
 
 
 @dataclass(frozen=True, slots=True)
 class TableStats:
-    """Rows scored and left, by category and by decile."""
+    """Rows left, and scored rows by decile (0-9 … 90-100); categories derive from deciles."""
 
     unscored: int
-    distribution: dict[str, int]
     histogram: list[int]
+    is_estimate: bool = False
 
     @property
     def scored(self) -> int:
         return sum(self.histogram)
+
+    @property
+    def distribution(self) -> dict[str, int]:
+        """Rows per category (the original's monitoring SQL): high, medium, low, unscored."""
+        counts = {c: sum(self.histogram[i] for i in r) for c, r in CATEGORY_DECILES.items()}
+        return counts | {"unscored": self.unscored}
+
+
+@dataclass(frozen=True, slots=True)
+class ShardGroup:
+    """The checkpoints of one N-way sharded run (real or dry), summed."""
+
+    count: int
+    dry_run: bool
+    present: list[int]
+    processed: int
+    total: int
+    failed: int
+    finished: int
+
+    @property
+    def missing(self) -> list[int]:
+        return [k for k in range(self.count) if k not in self.present]
 
 
 @dataclass(frozen=True, slots=True)
 class StatusReport:
     checkpoints: list[CheckpointInfo]
     table: TableStats | None
+    table_problem: str | None = None
+
+    @property
+    def shard_groups(self) -> list[ShardGroup]:
+        return group_shards(self.checkpoints)
 
 
 def find_checkpoints(base: Path) -> list[CheckpointInfo]:
-    """The checkpoint at `base` and its siblings (dry run, shards): `<stem>*.json` in its folder."""
+    """The checkpoint at `base` and its siblings (dry run, shards, watch): `<stem>*.json`."""
     folder = base.parent if str(base.parent) else Path(".")
+    stem = base.name[: len(base.name) - len(base.suffix)]
     found: list[CheckpointInfo] = []
-    for path in sorted(folder.glob(f"{base.stem}*{base.suffix}")):
+    try:
+        paths = sorted(p for p in folder.glob(f"{stem}*{base.suffix}") if not p.is_dir())
+    except OSError as exc:  # an unreadable folder: say so, as for an unreadable file
+        return [CheckpointInfo(folder, None, f"cannot list {folder}: {exc.strerror or exc}")]
+    for path in paths:
+        updated_at = _modified_at(path)
         try:
             checkpoint = load_checkpoint(path)
         except BackfillError as exc:
-            found.append(CheckpointInfo(path, None, str(exc)))
+            found.append(CheckpointInfo(path, None, str(exc), updated_at))
             continue
         if checkpoint is not None:
-            found.append(CheckpointInfo(path, checkpoint))
+            found.append(CheckpointInfo(path, checkpoint, None, updated_at))
     return found
 
 
-def table_stats(database_url: str, target: Target) -> TableStats:
-    """Counts from the database (the original's monitoring SQL, plus deciles)."""
+def _modified_at(path: Path) -> datetime | None:
+    try:
+        return datetime.fromtimestamp(path.stat().st_mtime, UTC)
+    except OSError:
+        return None
+
+
+def group_shards(checkpoints: list[CheckpointInfo]) -> list[ShardGroup]:
+    """Sum the shard checkpoints per (N, dry run); tells which shards have no checkpoint."""
+    groups: dict[tuple[int, bool], list[tuple[int, Checkpoint]]] = {}
+    for info in checkpoints:
+        cp = info.checkpoint
+        match = _SHARD.match(cp.shard or "") if cp else None
+        if cp is None or match is None:
+            continue
+        groups.setdefault((int(match[2]), cp.dry_run), []).append((int(match[1]), cp))
+    return [
+        ShardGroup(
+            count=count,
+            dry_run=dry_run,
+            present=sorted(k for k, _ in members),
+            processed=sum(cp.processed for _, cp in members),
+            total=sum(cp.total for _, cp in members),
+            failed=sum(cp.failed for _, cp in members),
+            finished=sum(cp.finished for _, cp in members),
+        )
+        for (count, dry_run), members in sorted(groups.items())
+    ]
+
+
+def table_stats(database_url: str, target: Target, *, exact: bool = False) -> TableStats:
+    """Counts from the database: exact if asked or cheap, else the planner's estimates."""
     with db.connect(database_url) as conn:
         db.check_target(conn, target)
-        distribution = db.score_distribution(conn, target)
-        histogram = db.score_histogram(conn, target)
-    return TableStats(
-        unscored=distribution.get("unscored", 0),
-        distribution=distribution,
-        histogram=histogram,
+        counts: db.ScoreBuckets | None = None
+        if exact:
+            counts = db.count_score_buckets(conn, target)
+        elif db.estimate_table_rows(conn, target) <= db.EXACT_COUNT_LIMIT:
+            counts = db.count_score_buckets(conn, target, timeout_ms=db.EXACT_COUNT_TIMEOUT_MS)
+        if counts is not None:
+            return TableStats(unscored=counts[0], histogram=counts[1])
+        unscored, histogram = db.estimate_score_buckets(conn, target)
+    return TableStats(unscored=unscored, histogram=histogram, is_estimate=True)
+
+
+def report_status(
+    database_url: str, target: Target, checkpoint: Path, *, exact: bool = False
+) -> StatusReport:
+    """Checkpoints always; the table's figures unless the database fails (then why, instead)."""
+    checkpoints = find_checkpoints(checkpoint)
+    try:
+        table = table_stats(database_url, target, exact=exact)
+    except BackfillError as exc:
+        return StatusReport(checkpoints, None, str(exc))
+    return StatusReport(checkpoints, table)
+
+
+def _checkpoint_to_dict(info: CheckpointInfo) -> dict[str, Any]:
+    fields: dict[str, Any] = {"path": str(info.path), "problem": info.problem}
+    if info.checkpoint is not None:
+        fields |= info.checkpoint.to_json()
+        percent = info.percent
+        fields["percent"] = None if percent is None else round(percent, 2)
+    # the file's own time: to_json() would stamp "now"
+    fields["updatedAt"] = (
+        info.updated_at.isoformat(timespec="seconds").replace("+00:00", "Z")
+        if info.updated_at
+        else None
     )
+    return fields
 
 
 def status_to_dict(report: StatusReport) -> dict[str, Any]:
@@ -75,14 +189,25 @@ def status_to_dict(report: StatusReport) -> dict[str, Any]:
         table = {
             "unscored": report.table.unscored,
             "scored": report.table.scored,
+            "isEstimate": report.table.is_estimate,
             "distribution": report.table.distribution,
             "histogram": report.table.histogram,
         }
     return {
-        "checkpoints": [
-            {"path": str(info.path), "problem": info.problem}
-            | (info.checkpoint.to_json() if info.checkpoint else {})
-            for info in report.checkpoints
+        "checkpoints": [_checkpoint_to_dict(info) for info in report.checkpoints],
+        "shards": [
+            {
+                "count": g.count,
+                "dryRun": g.dry_run,
+                "present": g.present,
+                "missing": g.missing,
+                "processed": g.processed,
+                "total": g.total,
+                "failed": g.failed,
+                "finished": g.finished,
+            }
+            for g in report.shard_groups
         ],
         "table": table,
+        "tableError": redact(report.table_problem) if report.table_problem else None,
     }

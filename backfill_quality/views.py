@@ -5,13 +5,17 @@ The live progress display lives in progress.py; this module draws what is printe
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from backfill_quality.checks import CHECKS
 from backfill_quality.models import Analysis
+from backfill_quality.progress import format_duration
 from backfill_quality.redaction import redact
-from backfill_quality.status import StatusReport, TableStats
+from backfill_quality.status import CheckpointInfo, ShardGroup, StatusReport, TableStats
 
 CATEGORY_STYLE = {"high": "green", "medium": "yellow", "low": "red"}
 BAR_WIDTH = 40
@@ -60,21 +64,30 @@ def _bar(count: int, largest: int) -> str:
     return "█" * width
 
 
+def _age(moment: datetime | None) -> str:
+    if moment is None:
+        return "-"
+    return format_duration(max(0.0, (datetime.now(UTC) - moment).total_seconds())) + " ago"
+
+
 def print_table_stats(stats: TableStats, console: Console) -> None:
     total = stats.scored + stats.unscored
     done = f"{stats.scored / total:.1%}" if total else "n/a"
+    about = "≈ " if stats.is_estimate else ""
     console.print(
-        f"[bold]Rows[/bold]: {total:,} in all, {stats.scored:,} scored ({done}), "
-        f"{stats.unscored:,} left"
+        f"[bold]Rows[/bold]: {about}{total:,} in all, {about}{stats.scored:,} scored ({done}), "
+        f"{about}{stats.unscored:,} left"
+        + (" [dim](planner estimates; --exact counts them)[/dim]" if stats.is_estimate else "")
     )
     table = Table(title="Score distribution", title_justify="left")
     table.add_column("category")
     table.add_column("count", justify="right")
     table.add_column("share", justify="right")
     table.add_column("")
-    largest = max((stats.distribution.get(c, 0) for c in CATEGORY_STYLE), default=0)
+    distribution = stats.distribution
+    largest = max((distribution[c] for c in CATEGORY_STYLE), default=0)
     for category, style in CATEGORY_STYLE.items():
-        count = stats.distribution.get(category, 0)
+        count = distribution[category]
         share = f"{count / stats.scored:.1%}" if stats.scored else "-"
         table.add_row(
             f"[{style}]{category}[/]", f"{count:,}", share, f"[{style}]{_bar(count, largest)}[/]"
@@ -90,24 +103,48 @@ def print_table_stats(stats: TableStats, console: Console) -> None:
     console.print(hist)
 
 
+def _print_checkpoint(info: CheckpointInfo, out: Console) -> None:
+    cp = info.checkpoint
+    name = escape(str(info.path))
+    if cp is None:
+        out.print(f"[bold]{name}[/bold]: [red]unreadable[/red]: {escape(info.problem or '')}")
+        return
+    state = "finished" if cp.finished else "unfinished (continue with --resume)"
+    pct = f"{info.percent:.1f}%" if info.percent is not None else "-"
+    kind = " dry run" if cp.dry_run else ""
+    shard = f" shard {cp.shard}" if cp.shard else ""
+    eta = "-" if cp.finished else (cp.estimated_time_remaining or "-")
+    out.print(
+        f"[bold]{name}[/bold]{kind}{shard}: {state}; processed {cp.processed:,}/{cp.total:,} "
+        f"({pct}), succeeded {cp.succeeded:,}, failed {cp.failed:,}, ETA {eta}, "
+        f"last id {escape(str(cp.last_processed_id))}, updated {_age(info.updated_at)}"
+    )
+
+
+def _print_shard_group(group: ShardGroup, out: Console) -> None:
+    pct = f"{group.processed / group.total:.1%}" if group.total else "-"
+    kind = " (dry run)" if group.dry_run else ""
+    missing = (
+        f"; [yellow]no checkpoint yet for shard(s) {', '.join(map(str, group.missing))}[/]"
+        if group.missing
+        else ""
+    )
+    out.print(
+        f"[bold]All {group.count} shards{kind}[/bold]: {group.finished}/{group.count} finished, "
+        f"processed {group.processed:,}/{group.total:,} ({pct}), failed {group.failed:,}{missing}"
+    )
+
+
 def print_status(report: StatusReport, console: Console | None = None) -> None:
-    """Every checkpoint's progress, then the table's counts and charts."""
+    """Every checkpoint's progress, shard totals, then the table's counts and charts."""
     out = console or _stdout
     if not report.checkpoints:
-        out.print("No checkpoint found.")
+        out.print("No checkpoint found (no run has started here, or see --checkpoint).")
     for info in report.checkpoints:
-        cp = info.checkpoint
-        if cp is None:
-            out.print(f"[bold]{info.path}[/bold]: [red]unreadable[/red]: {info.problem}")
-            continue
-        state = "finished" if cp.finished else "unfinished (resume with --resume)"
-        pct = f"{cp.processed / cp.total:.1%}" if cp.total else "-"
-        kind = " dry run" if cp.dry_run else ""
-        shard = f" shard {cp.shard}" if cp.shard else ""
-        out.print(
-            f"[bold]{info.path}[/bold]{kind}{shard}: {state}; processed {cp.processed:,}/"
-            f"{cp.total:,} ({pct}), succeeded {cp.succeeded:,}, failed {cp.failed:,}, "
-            f"last id {cp.last_processed_id}, ETA {cp.estimated_time_remaining or '-'}"
-        )
+        _print_checkpoint(info, out)
+    for group in report.shard_groups:
+        _print_shard_group(group, out)
     if report.table is not None:
         print_table_stats(report.table, out)
+    if report.table_problem is not None:
+        _stderr.print(f"[red]database[/red]: {escape(redact(report.table_problem))}")

@@ -16,7 +16,7 @@ import os
 import threading
 from dataclasses import dataclass, field
 
-import psutil
+import psutil  # type: ignore[import-untyped]
 
 PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -47,7 +47,7 @@ def machine_busy_s() -> tuple[float, float]:
 def tree_cpu_s(process: psutil.Process) -> float:
     """CPU seconds of a process, its reaped children and its live descendants."""
     times = process.cpu_times()
-    total = times.user + times.system + times.children_user + times.children_system
+    total: float = times.user + times.system + times.children_user + times.children_system
     for child in process.children(recursive=True):
         try:
             child_times = child.cpu_times()
@@ -80,6 +80,7 @@ class TreeSample:
     samples: int = 0
     cpu_s_by_pid: dict[int, float] = field(default_factory=dict)
     name_by_pid: dict[int, str] = field(default_factory=dict)
+    parent_by_pid: dict[int, int] = field(default_factory=dict)
     cpu_s_by_thread: dict[int, float] = field(default_factory=dict)
 
     def cpu_by_role(self, root_pid: int) -> dict[str, float]:
@@ -87,9 +88,10 @@ class TreeSample:
         roles = {"main": 0.0, "workers": 0.0, "mp_helpers": 0.0}
         for pid, cpu_s in self.cpu_s_by_pid.items():
             command = self.name_by_pid.get(pid, "")
+            is_helper = "forkserver" in command or "resource_tracker" in command
             if pid == root_pid:
                 roles["main"] += cpu_s
-            elif "forkserver" in command or "resource_tracker" in command:
+            elif is_helper and self.parent_by_pid.get(pid) == root_pid:
                 roles["mp_helpers"] += cpu_s
             else:
                 roles["workers"] += cpu_s
@@ -144,6 +146,7 @@ class TreeSampler:
             if child.pid not in self.result.name_by_pid:
                 with contextlib.suppress(psutil.NoSuchProcess):
                     self.result.name_by_pid[child.pid] = " ".join(child.cmdline())[:200]
+                    self.result.parent_by_pid[child.pid] = child.ppid()
 
     def _sample(self, is_slow_tick: bool) -> None:
         result = self.result

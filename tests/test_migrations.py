@@ -12,7 +12,12 @@ from backfill_quality import db
 from backfill_quality.errors import DatabaseError
 from backfill_quality.migration_files import migration_files, split_statements
 
-ALL_MIGRATIONS = ["001_images_table.sql", "002_quality_score.sql", "003_unscored_index.sql"]
+ALL_MIGRATIONS = [
+    "001_images_table.sql",
+    "002_quality_score.sql",
+    "003_unscored_index.sql",
+    "004_notify_trigger.sql",
+]
 
 
 @pytest.fixture

@@ -72,11 +72,10 @@ def run(
     database_url: str, tmp_path: Path, **options: object
 ) -> tuple[RunSummary, RecordingReporter]:
     reporter = RecordingReporter()
-    fetch = FetchSettings(retries=0, timeout_s=5, concurrency=8)
+    options.setdefault("fetch", FetchSettings(retries=0, timeout_s=5, concurrency=8))
     settings = RunSettings(
         database_url=database_url,
         checkpoint_path=tmp_path / "progress.json",
-        fetch=fetch,
         workers=1,
         **options,  # type: ignore[arg-type]
     )
@@ -87,7 +86,11 @@ def test_scores_every_row_and_counts_pages(
     database_url: str, tmp_path: Path, bird_url: str
 ) -> None:
     fill(database_url, [bird_url] * 23)
-    summary, reporter = run(database_url, tmp_path, batch_size=5)
+    # One image downloading at a time (and at most two more waiting to be scored), so no write
+    # batch can complete two pages at once: the checkpoint is saved after each of the 5 pages.
+    summary, reporter = run(
+        database_url, tmp_path, batch_size=5, fetch=FetchSettings(retries=0, concurrency=1)
+    )
     assert (summary.processed, summary.succeeded, summary.failed) == (23, 23, 0)
     assert all(s is not None and 0 <= s <= 100 for s in scores(database_url))
     assert reporter.pages == 5  # 5 + 5 + 5 + 5 + 3

@@ -6,9 +6,23 @@ codes and one clear message here (a traceback only with --verbose).
 
 from __future__ import annotations
 
-from backfill_quality.cli import demo_cmd, migrate_cmd, run_cmd, score_cmd, status_cmd
+from backfill_quality.cli import (
+    demo_cmd,
+    migrate_cmd,
+    run_cmd,
+    score_cmd,
+    status_cmd,
+    watch_cmd,
+)
 from backfill_quality.cli.app import app, main
 
-_COMMANDS = (run_cmd, score_cmd, status_cmd, migrate_cmd, demo_cmd)  # registered on import
+_COMMANDS = (
+    run_cmd,
+    score_cmd,
+    status_cmd,
+    migrate_cmd,
+    demo_cmd,
+    watch_cmd,
+)  # registered on import
 
 __all__ = ["app", "main"]

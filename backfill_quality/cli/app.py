@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 
 import typer
 
@@ -32,31 +34,44 @@ app = typer.Typer(
 )
 
 
-def fail(message: str, code: int = EXIT_FATAL) -> typer.Exit:
-    """Print an error for the user and return the Exit to raise."""
-    print(f"error: {redact(message)}", file=sys.stderr)
+def fail(message: str, code: int = EXIT_FATAL, *, as_json: bool = False) -> typer.Exit:
+    """Print an error for the user (a JSON event with --log-format json); return the Exit."""
+    text = redact(message)
+    if as_json:
+        event = {"event": "error", "ts": datetime.now(UTC).isoformat(), "message": text}
+        print(json.dumps(event | {"exitCode": code}), file=sys.stderr)
+    else:
+        print(f"error: {text}", file=sys.stderr)
     return typer.Exit(code)
 
 
+def _print_traceback() -> None:
+    print(redact(traceback.format_exc()), file=sys.stderr, end="")
+
+
 @contextmanager
-def error_boundary(*, verbose: bool = False) -> Iterator[None]:
-    """Turn our errors into a message and an exit code; anything else into an 'internal error'."""
+def error_boundary(*, verbose: bool = False, as_json: bool = False) -> Iterator[None]:
+    """Turn our errors into a message and an exit code; anything else into an 'internal error'.
+
+    Tracebacks only with --verbose, and redacted like everything else.
+    """
     try:
         yield
     except (typer.Exit, typer.Abort, SystemExit):
         raise
     except BackfillError as exc:
-        if verbose:
-            traceback.print_exc()
-        raise fail(str(exc), exc.exit_code) from None
+        if verbose and exc.exit_code != EXIT_USAGE:  # a usage error needs no traceback
+            _print_traceback()
+        raise fail(str(exc), exc.exit_code, as_json=as_json) from None
     except KeyboardInterrupt:
-        raise fail("interrupted", 130) from None
+        raise fail("interrupted", 130, as_json=as_json) from None
     except Exception as exc:
         if verbose:
-            traceback.print_exc()
-        raise fail(
+            _print_traceback()
+        message = (
             f"internal error: {type(exc).__name__}: {exc} (run again with --verbose for details)"
-        ) from None
+        )
+        raise fail(message, as_json=as_json) from None
 
 
 def main() -> None:

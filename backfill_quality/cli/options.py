@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from backfill_quality import config
+
+
+class LogFormat(StrEnum):
+    """How progress and errors are written to stderr."""
+
+    text = "text"
+    json = "json"
+
 
 DB_PANEL = "Database"
 FETCH_PANEL = "Fetching"

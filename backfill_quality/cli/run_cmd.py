@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from enum import StrEnum
+import time
 from typing import Annotated
 
 import typer
 
 from backfill_quality.cli import options as o
 from backfill_quality.cli.app import EXIT_OK, EXIT_SOME_FAILED, app, error_boundary
+from backfill_quality.cli.options import LogFormat
 from backfill_quality.config import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_CONCURRENCY,
@@ -23,7 +24,9 @@ from backfill_quality.config import (
     resolve_shard,
     thresholds_with_overrides,
 )
+from backfill_quality.errors import BackfillError
 from backfill_quality.models import RunSummary
+from backfill_quality.notify import NotifySettings, Webhook, notify_run_end, notify_run_failure
 from backfill_quality.progress import make_reporter
 from backfill_quality.redaction import register_database_secrets
 from backfill_quality.runner import EXIT_SIGNALS, Runner
@@ -38,11 +41,6 @@ RUN_EPILOG = """Examples:
 
   backfill-quality run --concurrency 1 --batch-size 10 --delay 3000   # the original's pace
 """
-
-
-class LogFormat(StrEnum):
-    text = "text"
-    json = "json"
 
 
 def exit_code_for(summary: RunSummary) -> int:
@@ -168,6 +166,15 @@ def run(
         int | None, typer.Option(min=1, help="Scoring processes (default: one per core).")
     ] = None,
     threshold: o.ThresholdOverrides = None,
+    notify_url: Annotated[
+        str | None,
+        typer.Option(
+            metavar="URL",
+            envvar="BACKFILL_NOTIFY_URL",
+            help="POST a JSON summary here when the run ends (a failing webhook only warns).",
+            rich_help_panel=o.OUTPUT_PANEL,
+        ),
+    ] = None,
     verbose: o.Verbose = False,
     quiet: Annotated[
         bool,
@@ -187,7 +194,7 @@ def run(
     ] = LogFormat.text,
 ) -> None:
     """Score every image whose score is NULL and write the score back, page by page."""
-    with error_boundary(verbose=verbose):
+    with error_boundary(verbose=verbose, as_json=log_format is LogFormat.json):
         register_database_secrets(database_url)
         settings = RunSettings(
             database_url=database_url,
@@ -214,10 +221,17 @@ def run(
             workers=workers,
             shard=resolve_shard(shard, shard_count),
         )
+        notify = NotifySettings(notify_url) if notify_url else None
         reporter = make_reporter(log_format=log_format.value, verbose=verbose, quiet=quiet)
+        webhook = Webhook(notify, warn=reporter.warning, run=settings) if notify else None
+        started_s = time.monotonic()
         try:
             summary = Runner(settings, reporter).run()
             reporter.finish(summary)
+            notify_run_end(webhook, summary, exit_code=exit_code_for(summary))
+        except BackfillError as exc:
+            notify_run_failure(webhook, exc, elapsed_s=time.monotonic() - started_s)
+            raise
         finally:
             reporter.close()
     raise typer.Exit(exit_code_for(summary))

@@ -14,7 +14,6 @@ from backfill_quality.config import FetchSettings, thresholds_with_overrides
 from backfill_quality.errors import BackfillError
 from backfill_quality.fetch import fetch_one
 from backfill_quality.models import Analysis
-from backfill_quality.scoring import analysis_to_dict, score_image
 from backfill_quality.views import print_analysis, print_error
 
 SCORE_EPILOG = """Examples:
@@ -65,6 +64,8 @@ def score(
     image")."""
     failures = 0
     with error_boundary(verbose=verbose):
+        from backfill_quality.scoring import analysis_to_dict, score_image  # NumPy, Pillow
+
         thresholds = thresholds_with_overrides(threshold or [])
         fetch = FetchSettings(timeout_s=timeout)
         for index, source in enumerate(sources, start=1):

@@ -1,4 +1,4 @@
-"""`backfill-quality status`: checkpoints and the table's score distribution."""
+"""`backfill-quality status`: checkpoints (all shards, dry runs, watch) and the table's scores."""
 
 from __future__ import annotations
 
@@ -8,14 +8,23 @@ from typing import Annotated
 import typer
 
 from backfill_quality.cli import options as o
-from backfill_quality.cli.app import app, error_boundary
+from backfill_quality.cli.app import EXIT_FATAL, EXIT_OK, app, error_boundary
 from backfill_quality.config import Target
 from backfill_quality.redaction import register_database_secrets
-from backfill_quality.status import StatusReport, find_checkpoints, status_to_dict, table_stats
+from backfill_quality.status import report_status, status_to_dict
 from backfill_quality.views import print_status
 
+STATUS_EPILOG = """Examples:
 
-@app.command(epilog="Example:\n\n  backfill-quality status --json | jq .table.distribution")
+  backfill-quality status                        # progress of every checkpoint, scores by category
+
+  backfill-quality status --exact                # exact counts, even on a huge table (slower)
+
+  backfill-quality status --json | jq .table.distribution
+"""
+
+
+@app.command(epilog=STATUS_EPILOG)
 def status(
     database_url: o.DatabaseUrl = "",
     table: o.Table = o.DEFAULT_TABLE,
@@ -23,20 +32,30 @@ def status(
     url_column: o.UrlColumn = o.DEFAULT_URL_COLUMN,
     score_column: o.ScoreColumn = o.DEFAULT_SCORE_COLUMN,
     checkpoint: o.CheckpointPath = o.DEFAULT_CHECKPOINT,
+    exact: Annotated[
+        bool,
+        typer.Option(
+            "--exact",
+            help="Count every row exactly (a full scan); by default a big table is estimated.",
+        ),
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
     verbose: o.Verbose = False,
 ) -> None:
-    """Checkpoint progress (all shards, dry runs) and the score distribution in the database."""
+    """Checkpoint progress (all shards, dry runs, watch) and the score distribution.
+
+    Lists every `<checkpoint stem>*.json` beside --checkpoint with progress, ETA and failures;
+    the database part is exact on a table that counts quickly, planner estimates otherwise.
+    Exits 1 (after showing the checkpoints) when the database cannot be read.
+    """
     with error_boundary(verbose=verbose):
         register_database_secrets(database_url)
         target = Target(
             table=table, id_column=id_column, url_column=url_column, score_column=score_column
         )
-        report = StatusReport(
-            checkpoints=find_checkpoints(checkpoint),
-            table=table_stats(database_url, target),
-        )
+        report = report_status(database_url, target, checkpoint, exact=exact)
         if as_json:
             typer.echo(json.dumps(status_to_dict(report), default=str))
         else:
             print_status(report)
+    raise typer.Exit(EXIT_FATAL if report.table_problem else EXIT_OK)

@@ -1,0 +1,234 @@
+"""`backfill-quality watch`: score new images as they arrive (LISTEN/NOTIFY plus a poll)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from backfill_quality.cli import options as o
+from backfill_quality.cli.app import EXIT_OK, EXIT_SOME_FAILED, app, error_boundary
+from backfill_quality.cli.options import LogFormat
+from backfill_quality.config import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_CHECKPOINT,
+    DEFAULT_CONCURRENCY,
+    DEFAULT_MAX_BYTES,
+    DEFAULT_RETRIES,
+    DEFAULT_TIMEOUT_S,
+    MAX_BATCH_SIZE,
+    MAX_CONCURRENCY,
+    FetchSettings,
+    RunSettings,
+    Target,
+    resolve_shard,
+    thresholds_with_overrides,
+)
+from backfill_quality.errors import ConfigError
+from backfill_quality.models import RunSummary
+from backfill_quality.notify import NotifySettings, Webhook, summary_payload
+from backfill_quality.progress import Reporter, make_reporter
+from backfill_quality.redaction import register_database_secrets
+from backfill_quality.runner import EXIT_SIGNALS
+from backfill_quality.watch import (
+    DEFAULT_POLL_INTERVAL_S,
+    DEFAULT_RETRY_FAILED_AFTER_S,
+    Watcher,
+    WatchSettings,
+)
+
+WATCH_CHECKPOINT = DEFAULT_CHECKPOINT.with_name(".backfill-progress.watch.json")
+WATCH_EPILOG = """Examples:
+
+  backfill-quality migrate          # once: adds the NOTIFY trigger (migration 004)
+
+  backfill-quality watch            # score new rows within seconds; Ctrl+C stops it
+
+  backfill-quality watch --poll-interval 10 --notify-url https://hooks.example.com/x \\
+      --notify-each-cycle
+"""
+SCALE_PANEL = "Scale-out"
+WATCH_PANEL = "Watch"
+
+
+@app.command(epilog=WATCH_EPILOG)
+def watch(
+    database_url: o.DatabaseUrl = "",
+    table: o.Table = o.DEFAULT_TABLE,
+    id_column: o.IdColumn = o.DEFAULT_ID_COLUMN,
+    url_column: o.UrlColumn = o.DEFAULT_URL_COLUMN,
+    score_column: o.ScoreColumn = o.DEFAULT_SCORE_COLUMN,
+    poll_interval: Annotated[
+        float,
+        typer.Option(
+            min=0.01,
+            metavar="S",
+            envvar="BACKFILL_POLL_INTERVAL",
+            help="Look for unscored rows at least this often, seconds (a missed "
+            "notification only delays a row by this much).",
+            rich_help_panel=WATCH_PANEL,
+        ),
+    ] = DEFAULT_POLL_INTERVAL_S,
+    retry_failed_after: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            metavar="S",
+            help="Try a failed row again after this many seconds.",
+            rich_help_panel=WATCH_PANEL,
+        ),
+    ] = DEFAULT_RETRY_FAILED_AFTER_S,
+    notify_url: Annotated[
+        str | None,
+        typer.Option(
+            envvar="BACKFILL_NOTIFY_URL",
+            help="POST a JSON summary here (with --notify-each-cycle: after every cycle "
+            "that scored rows).",
+            rich_help_panel=WATCH_PANEL,
+        ),
+    ] = None,
+    notify_each_cycle: Annotated[
+        bool,
+        typer.Option(
+            "--notify-each-cycle",
+            help="Send the webhook after every cycle that processed rows.",
+            rich_help_panel=WATCH_PANEL,
+        ),
+    ] = False,
+    batch_size: Annotated[
+        int, typer.Option(min=1, max=MAX_BATCH_SIZE, help="Rows per page and per checkpoint.")
+    ] = DEFAULT_BATCH_SIZE,
+    concurrency: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=MAX_CONCURRENCY,
+            envvar="BACKFILL_CONCURRENCY",
+            help="Images in flight.",
+            rich_help_panel=o.FETCH_PANEL,
+        ),
+    ] = DEFAULT_CONCURRENCY,
+    max_rps: Annotated[
+        float | None,
+        typer.Option(
+            min=0.001, help="Ceiling on image requests per second.", rich_help_panel=o.FETCH_PANEL
+        ),
+    ] = None,
+    timeout: Annotated[
+        float,
+        typer.Option(
+            min=0.001, metavar="S", help="Timeout per request.", rich_help_panel=o.FETCH_PANEL
+        ),
+    ] = DEFAULT_TIMEOUT_S,
+    max_bytes: Annotated[
+        int, typer.Option(min=1, help="Largest image body, bytes.", rich_help_panel=o.FETCH_PANEL)
+    ] = DEFAULT_MAX_BYTES,
+    retries: Annotated[
+        int,
+        typer.Option(min=0, max=20, help="Retries per image.", rich_help_panel=o.FETCH_PANEL),
+    ] = DEFAULT_RETRIES,
+    deny_private_networks: Annotated[
+        bool,
+        typer.Option(
+            "--deny-private-networks",
+            help="Refuse image hosts on private addresses.",
+            rich_help_panel=o.FETCH_PANEL,
+        ),
+    ] = False,
+    checkpoint: Annotated[
+        Path,
+        typer.Option(
+            "--checkpoint",
+            envvar="BACKFILL_WATCH_CHECKPOINT",
+            help="Checkpoint of the current cycle (kept apart from `run`'s).",
+            dir_okay=False,
+        ),
+    ] = WATCH_CHECKPOINT,
+    shard: Annotated[
+        str | None,
+        typer.Option(
+            metavar="K/N",
+            envvar="BACKFILL_SHARD",
+            help="Watch only slice K of N.",
+            rich_help_panel=SCALE_PANEL,
+        ),
+    ] = None,
+    shard_count: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            envvar="BACKFILL_SHARD_COUNT",
+            help="N; K from JOB_COMPLETION_INDEX.",
+            rich_help_panel=SCALE_PANEL,
+        ),
+    ] = None,
+    workers: Annotated[int | None, typer.Option(min=1, help="Scoring processes.")] = None,
+    threshold: o.ThresholdOverrides = None,
+    verbose: o.Verbose = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="Only warnings and one line per cycle.")
+    ] = False,
+    log_format: Annotated[
+        LogFormat, typer.Option(help="text (plain lines) or json (one object per event).")
+    ] = LogFormat.text,
+) -> None:
+    """Score new images as they arrive: LISTEN for the insert trigger, poll as a safety net."""
+    with error_boundary(verbose=verbose, as_json=log_format is LogFormat.json):
+        register_database_secrets(database_url)
+        run_settings = RunSettings(
+            database_url=database_url,
+            target=Target(
+                table=table, id_column=id_column, url_column=url_column, score_column=score_column
+            ),
+            fetch=FetchSettings(
+                timeout_s=timeout,
+                max_bytes=max_bytes,
+                retries=retries,
+                max_rps=max_rps,
+                concurrency=concurrency,
+                deny_private_networks=deny_private_networks,
+            ),
+            thresholds=thresholds_with_overrides(threshold or []),
+            batch_size=batch_size,
+            checkpoint_path=checkpoint,
+            workers=workers,
+            shard=resolve_shard(shard, shard_count),
+        )
+        settings = WatchSettings(
+            run=run_settings,
+            poll_interval_s=poll_interval,
+            retry_failed_after_s=retry_failed_after,
+        )
+
+        def new_reporter() -> Reporter:
+            return make_reporter(
+                log_format=log_format.value, verbose=verbose, quiet=quiet, is_terminal=False
+            )
+
+        new_reporter()  # validates --log-format / --verbose --quiet before anything starts
+        webhook = None
+        if notify_url and notify_each_cycle:
+            webhook = Webhook(NotifySettings(notify_url), warn=new_reporter().warning)
+        elif notify_url:
+            raise ConfigError(
+                "--notify-url: watch never finishes, so it notifies per cycle — add "
+                "--notify-each-cycle (only cycles that scored rows send a summary)"
+            )
+
+        def on_cycle(number: int, summary: RunSummary) -> None:
+            if webhook is not None:
+                code = EXIT_SOME_FAILED if summary.failed else EXIT_OK
+                if summary.interrupted:
+                    code = EXIT_SIGNALS[summary.interrupted]
+                payload = summary_payload(
+                    summary,
+                    exit_code=code,
+                    shard=run_settings.shard,
+                    event="watch.cycle",
+                    cycle=number,
+                )
+                webhook.send(payload)
+
+        result = Watcher(settings, new_reporter, on_cycle=on_cycle).run()
+    raise typer.Exit(EXIT_SIGNALS[result.interrupted] if result.interrupted else EXIT_OK)

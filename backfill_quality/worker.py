@@ -1,0 +1,26 @@
+"""What the scoring processes run, kept apart so the main process never imports NumPy or Pillow.
+
+The main process only pickles a reference to `score_in_worker`; the worker imports the scoring
+code (preloaded once by the forkserver, so each worker starts ready).
+"""
+
+from __future__ import annotations
+
+import signal
+
+from backfill_quality.config import Thresholds
+
+SCORING_MODULE = "backfill_quality.scoring"
+
+
+def ignore_signals() -> None:
+    """Workers leave SIGINT/SIGTERM to the parent, which stops them in order."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def score_in_worker(data: bytes, thresholds: Thresholds, max_pixels: int) -> int:
+    """The overall score of one encoded image (raises DecodeError for unusable bytes)."""
+    from backfill_quality.scoring import score_only
+
+    return score_only(data, thresholds, max_pixels)

@@ -1,0 +1,96 @@
+"""The module map of STYLE.md, kept true by reading the imports, and the README kept complete."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+import typer.main
+
+from backfill_quality.cli import app
+
+PACKAGE = Path(__file__).resolve().parents[1] / "backfill_quality"
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+# library -> the only modules allowed to import it
+OWNERS = {
+    "psycopg": {"db.py"},
+    "httpx": {"fetch.py"},
+    "PIL": {"imaging.py", "annotate.py", "synthetic.py"},
+    "rich": {"progress.py", "views.py"},
+    "typer": {"cli/"},
+}
+# modules at the bottom of the import graph: they import no other project module but these
+FOUNDATION = {"errors.py": set(), "models.py": set(), "config.py": {"errors"}}
+
+
+def imports_of(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+    return names
+
+
+def modules() -> list[Path]:
+    return sorted(PACKAGE.rglob("*.py"))
+
+
+@pytest.mark.parametrize("library", sorted(OWNERS))
+def test_each_library_has_one_owner(library: str) -> None:
+    allowed = OWNERS[library]
+    offenders = []
+    for path in modules():
+        rel = path.relative_to(PACKAGE).as_posix()
+        if any(rel == a or (a.endswith("/") and rel.startswith(a)) for a in allowed):
+            continue
+        if any(name == library or name.startswith(library + ".") for name in imports_of(path)):
+            offenders.append(rel)
+    assert offenders == [], f"{library} imported outside {sorted(allowed)}"
+
+
+def test_foundation_modules_import_nothing_above_them() -> None:
+    for name, allowed in FOUNDATION.items():
+        project = {
+            imported.removeprefix("backfill_quality.")
+            for imported in imports_of(PACKAGE / name)
+            if imported.startswith("backfill_quality.")
+        }
+        assert project <= allowed, f"{name} imports {project - allowed}"
+
+
+def test_only_the_cli_imports_the_cli() -> None:
+    for path in modules():
+        rel = path.relative_to(PACKAGE).as_posix()
+        if rel.startswith("cli/") or rel == "__main__.py":
+            continue
+        assert not any(n.startswith("backfill_quality.cli") for n in imports_of(path)), rel
+
+
+def command_names() -> list[str]:
+    group = typer.main.get_command(app)
+    return sorted(group.commands)  # type: ignore[attr-defined]
+
+
+def test_every_command_is_documented_in_the_readme() -> None:
+    readme = README.read_text()
+    names = command_names()
+    assert {"run", "score", "status", "migrate", "demo"} <= set(names)
+    for name in names:
+        assert f"backfill-quality {name}" in readme, f"command {name!r} missing from README.md"
+
+
+def test_every_run_option_is_documented_in_the_readme() -> None:
+    readme = README.read_text()
+    group = typer.main.get_command(app)
+    run = group.commands["run"]  # type: ignore[attr-defined]
+    documented = set(re.findall(r"`(--[a-z-]+)", readme))
+    for param in run.params:
+        for opt in getattr(param, "opts", []):
+            if opt.startswith("--") and opt != "--help":
+                assert opt in documented, f"run option {opt} missing from README.md"
