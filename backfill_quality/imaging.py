@@ -21,8 +21,11 @@ from backfill_quality.config import DEFAULT_MAX_PIXELS
 from backfill_quality.errors import DecodeError
 
 WORK_SIZE = 256
-"""Long side of the working copy in pixels: enough for brightness and subject detection
-(the detector works on a 64-px map), small enough to keep decode + analysis at a few ms."""
+"""Largest long side of the working copy, in pixels: enough for brightness and subject
+detection (the detector works on a 32-cell map), small enough to keep analysis at a few ms.
+JPEGs are decoded at the smallest DCT scale whose result is at least this big, then reduced by
+an integer box factor, so the long side lands between about half and all of it: no bilinear
+pass (it cost 1.3 ms a 1600x1200 photo, a quarter of the scaled decode itself)."""
 
 EXIF_ORIENTATION_TAG = 0x0112
 _TRANSPOSE_BY_ORIENTATION: dict[int, Image.Transpose] = {
@@ -180,14 +183,12 @@ def _wide_to_gray(image: Image.Image) -> Image.Image:
 
 
 def _shrink(image: Image.Image, work_size: int) -> Image.Image:
-    """Resize so the long side is at most work_size (integer reduce first, then bilinear)."""
-    width, height = image.size
-    long_side = max(width, height)
+    """Bring the long side to at most work_size by an integer box reduction (fast, antialiased)."""
+    long_side = max(image.size)
     if long_side <= work_size:
         return image
-    scale = work_size / long_side
-    size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    return image.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
+    factor = -(-long_side // work_size)  # ceil: the smallest factor that fits
+    return image.reduce(factor)
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

@@ -18,6 +18,10 @@ from backfill_quality.imaging import (
 )
 from backfill_quality.synthetic import make_bird_image
 
+# A 4:3 picture's working copy: an integer box reduction of the (DCT-scaled) decode, so its long
+# side lies between half and all of WORK_SIZE (256).
+WORKING_SHAPES_4_3 = {(150, 200, 3), (188, 250, 3), (192, 256, 3)}
+
 
 def encode(image: Image.Image, fmt: str, **options: object) -> bytes:
     buffer = io.BytesIO()
@@ -36,7 +40,7 @@ def test_large_jpeg_decodes_to_working_copy_with_original_size() -> None:
     data = make_bird_image(seed=1, width=4000, height=3000)
     image = decode_image(data)
     assert (image.width, image.height) == (4000, 3000)
-    assert image.rgb.shape == (192, 256, 3)
+    assert image.rgb.shape in WORKING_SHAPES_4_3
     assert image.rgb.dtype == np.uint8
 
 
@@ -89,14 +93,14 @@ def test_exif_orientation_is_applied(orientation: int, size: tuple[int, int], co
 def test_common_formats(fmt: str) -> None:
     image = decode_image(encode(gradient(), fmt))
     assert (image.width, image.height) == (400, 300)
-    assert image.rgb.shape == (192, 256, 3)
+    assert image.rgb.shape in WORKING_SHAPES_4_3
 
 
 @pytest.mark.parametrize("mode", ["L", "LA", "RGBA", "P", "1", "CMYK"])
 def test_modes_become_rgb(mode: str) -> None:
     fmt = "JPEG" if mode == "CMYK" else "PNG"
     image = decode_image(encode(gradient().convert(mode), fmt))
-    assert image.rgb.shape == (192, 256, 3)
+    assert image.rgb.shape in WORKING_SHAPES_4_3
 
 
 def test_cmyk_jpeg_keeps_brightness() -> None:
@@ -164,7 +168,7 @@ def test_own_pixel_limit() -> None:
 
 def test_work_size_is_configurable() -> None:
     image = decode_image(make_bird_image(seed=4, width=1600, height=1200), work_size=128)
-    assert max(image.rgb.shape[:2]) == 128 < WORK_SIZE
+    assert 64 < max(image.rgb.shape[:2]) <= 128 < WORK_SIZE
 
 
 def test_brightness_and_contrast() -> None:

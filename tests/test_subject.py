@@ -107,17 +107,23 @@ def test_deterministic_and_fast() -> None:
     assert (time.perf_counter() - start) / 10 < 0.1  # ~5 ms normally; generous for shared CI
 
 
-@pytest.mark.parametrize("seed", [0, 2, 5])
-def test_bird_cut_by_a_corner_is_found_and_partly_visible(seed: int) -> None:
-    # Known limit: on seeds 1, 3, 4 the generated background has a distinct blotch near the
-    # centre that outweighs a corner bird (the centre prior), at every map resolution tried.
-    subject = detect(seed, [(-0.1, -0.1, 0.5, 0.5)])
-    assert subject is not None
-    box = subject.bbox
-    assert box.x >= 0.0 and box.y >= 0.0
-    assert box.x + box.width <= 1.0 + 1e-9 and box.y + box.height <= 1.0 + 1e-9
-    assert iou(box, BBox(0.0, 0.0, 0.4, 0.4)) >= 0.6
-    assert subject.visible_ratio < 1.0
+def test_bird_cut_by_a_corner_is_often_found_and_then_partly_visible() -> None:
+    # Known limit, measured over 12 backgrounds: a bird cut by a corner is often outweighed by a
+    # distinct blotch of the generated background near the centre (the centre prior); 3-4 of 12
+    # are found, whatever the working-copy scale. When it is found, it must be in the frame and
+    # report that part of it is cut off.
+    truth = BBox(0.0, 0.0, 0.4, 0.4)
+    found = 0
+    for seed in range(12):
+        subject = detect(seed, [(-0.1, -0.1, 0.5, 0.5)])
+        if subject is None or iou(subject.bbox, truth) < 0.6:
+            continue
+        found += 1
+        box = subject.bbox
+        assert box.x >= 0.0 and box.y >= 0.0
+        assert box.x + box.width <= 1.0 + 1e-9 and box.y + box.height <= 1.0 + 1e-9
+        assert subject.visible_ratio < 1.0
+    assert found >= 3
 
 
 @pytest.mark.parametrize("frame_colour", [0, 255])
