@@ -21,6 +21,7 @@ class LogFormat(StrEnum):
 DB_PANEL = "Database"
 FETCH_PANEL = "Fetching"
 OUTPUT_PANEL = "Output"
+SCALE_PANEL = "Scale-out"
 
 DatabaseUrl = Annotated[
     str,
@@ -79,3 +80,130 @@ DEFAULT_ID_COLUMN = config.DEFAULT_ID_COLUMN
 DEFAULT_URL_COLUMN = config.DEFAULT_URL_COLUMN
 DEFAULT_SCORE_COLUMN = config.DEFAULT_SCORE_COLUMN
 DEFAULT_CHECKPOINT = config.DEFAULT_CHECKPOINT
+
+FETCH_HELP_TIMEOUT = "Connect and read timeout per request, seconds."
+
+BatchSize = Annotated[
+    int,
+    typer.Option(
+        min=1,
+        max=config.MAX_BATCH_SIZE,
+        envvar="BACKFILL_BATCH_SIZE",
+        help="Rows per page and per checkpoint.",
+    ),
+]
+Concurrency = Annotated[
+    int,
+    typer.Option(
+        min=1,
+        max=config.MAX_CONCURRENCY,
+        envvar="BACKFILL_CONCURRENCY",
+        help="Images downloading at once; 1 = sequential like the original.",
+        rich_help_panel=FETCH_PANEL,
+    ),
+]
+MaxRps = Annotated[
+    float | None,
+    typer.Option(
+        min=0.001,
+        envvar="BACKFILL_MAX_RPS",
+        help="Ceiling on image requests per second.",
+        rich_help_panel=FETCH_PANEL,
+    ),
+]
+Timeout = Annotated[
+    float,
+    typer.Option(min=0.001, metavar="S", help=FETCH_HELP_TIMEOUT, rich_help_panel=FETCH_PANEL),
+]
+MaxBytes = Annotated[
+    int,
+    typer.Option(min=1, help="Largest image body accepted, bytes.", rich_help_panel=FETCH_PANEL),
+]
+Retries = Annotated[
+    int,
+    typer.Option(
+        min=0,
+        max=20,
+        help="Retries after a failed attempt (timeouts, 5xx, 429).",
+        rich_help_panel=FETCH_PANEL,
+    ),
+]
+DenyPrivateNetworks = Annotated[
+    bool,
+    typer.Option(
+        "--deny-private-networks",
+        help="Refuse image hosts on loopback, private, link-local or metadata addresses "
+        "(for URLs from untrusted uploads).",
+        rich_help_panel=FETCH_PANEL,
+    ),
+]
+ShardOption = Annotated[
+    str | None,
+    typer.Option(
+        "--shard",
+        metavar="K/N",
+        envvar="BACKFILL_SHARD",
+        help="Worker K of N (0-based): a contiguous slice of the key space, with its own "
+        "checkpoint.",
+        rich_help_panel=SCALE_PANEL,
+    ),
+]
+ShardCount = Annotated[
+    int | None,
+    typer.Option(
+        min=1,
+        envvar="BACKFILL_SHARD_COUNT",
+        help="N workers; K comes from JOB_COMPLETION_INDEX (Kubernetes Indexed Job).",
+        rich_help_panel=SCALE_PANEL,
+    ),
+]
+Workers = Annotated[
+    int | None, typer.Option(min=1, help="Scoring processes (default: one per core).")
+]
+Quiet = Annotated[
+    bool,
+    typer.Option(
+        "--quiet", "-q", help="Only warnings and the final summary.", rich_help_panel=OUTPUT_PANEL
+    ),
+]
+LogFormatOption = Annotated[
+    LogFormat,
+    typer.Option(
+        help="text (a live bar on a terminal) or json (one object per event).",
+        rich_help_panel=OUTPUT_PANEL,
+    ),
+]
+NotifyUrl = Annotated[
+    str | None,
+    typer.Option(
+        metavar="URL",
+        envvar="BACKFILL_NOTIFY_URL",
+        help="POST a JSON summary here when the run ends (a failing webhook only warns).",
+        rich_help_panel=OUTPUT_PANEL,
+    ),
+]
+
+
+def make_target(table: str, id_column: str, url_column: str, score_column: str) -> config.Target:
+    return config.Target(
+        table=table, id_column=id_column, url_column=url_column, score_column=score_column
+    )
+
+
+def make_fetch_settings(
+    *,
+    timeout: float,
+    max_bytes: int,
+    retries: int,
+    max_rps: float | None,
+    concurrency: int,
+    deny_private_networks: bool,
+) -> config.FetchSettings:
+    return config.FetchSettings(
+        timeout_s=timeout,
+        max_bytes=max_bytes,
+        retries=retries,
+        max_rps=max_rps,
+        concurrency=concurrency,
+        deny_private_networks=deny_private_networks,
+    )

@@ -16,11 +16,7 @@ from backfill_quality.config import (
     DEFAULT_MAX_BYTES,
     DEFAULT_RETRIES,
     DEFAULT_TIMEOUT_S,
-    MAX_BATCH_SIZE,
-    MAX_CONCURRENCY,
-    FetchSettings,
     RunSettings,
-    Target,
     resolve_shard,
     thresholds_with_overrides,
 )
@@ -57,15 +53,7 @@ def run(
     id_column: o.IdColumn = o.DEFAULT_ID_COLUMN,
     url_column: o.UrlColumn = o.DEFAULT_URL_COLUMN,
     score_column: o.ScoreColumn = o.DEFAULT_SCORE_COLUMN,
-    batch_size: Annotated[
-        int,
-        typer.Option(
-            min=1,
-            max=MAX_BATCH_SIZE,
-            envvar="BACKFILL_BATCH_SIZE",
-            help="Rows per page and per checkpoint.",
-        ),
-    ] = DEFAULT_BATCH_SIZE,
+    batch_size: o.BatchSize = DEFAULT_BATCH_SIZE,
     delay: Annotated[
         int,
         typer.Option(
@@ -75,25 +63,8 @@ def run(
             help="Pause between pages, in milliseconds (politeness).",
         ),
     ] = 0,
-    concurrency: Annotated[
-        int,
-        typer.Option(
-            min=1,
-            max=MAX_CONCURRENCY,
-            envvar="BACKFILL_CONCURRENCY",
-            help="Images in flight; 1 = sequential like the original.",
-            rich_help_panel=o.FETCH_PANEL,
-        ),
-    ] = DEFAULT_CONCURRENCY,
-    max_rps: Annotated[
-        float | None,
-        typer.Option(
-            min=0.001,
-            envvar="BACKFILL_MAX_RPS",
-            help="Ceiling on image requests per second.",
-            rich_help_panel=o.FETCH_PANEL,
-        ),
-    ] = None,
+    concurrency: o.Concurrency = DEFAULT_CONCURRENCY,
+    max_rps: o.MaxRps = None,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Fetch and score, write nothing to the database.")
     ] = False,
@@ -110,99 +81,27 @@ def run(
     ] = False,
     checkpoint: o.CheckpointPath = o.DEFAULT_CHECKPOINT,
     limit: Annotated[int | None, typer.Option(min=1, help="Stop after this many rows.")] = None,
-    timeout: Annotated[
-        float,
-        typer.Option(
-            min=0.001,
-            metavar="S",
-            help="Connect and read timeout per request, seconds.",
-            rich_help_panel=o.FETCH_PANEL,
-        ),
-    ] = DEFAULT_TIMEOUT_S,
-    max_bytes: Annotated[
-        int,
-        typer.Option(
-            min=1, help="Largest image body accepted, bytes.", rich_help_panel=o.FETCH_PANEL
-        ),
-    ] = DEFAULT_MAX_BYTES,
-    retries: Annotated[
-        int,
-        typer.Option(
-            min=0,
-            max=20,
-            help="Retries after a failed attempt (timeouts, 5xx, 429).",
-            rich_help_panel=o.FETCH_PANEL,
-        ),
-    ] = DEFAULT_RETRIES,
-    deny_private_networks: Annotated[
-        bool,
-        typer.Option(
-            "--deny-private-networks",
-            help="Refuse image hosts on loopback, private, link-local or metadata "
-            "addresses (for URLs from untrusted uploads).",
-            rich_help_panel=o.FETCH_PANEL,
-        ),
-    ] = False,
-    shard: Annotated[
-        str | None,
-        typer.Option(
-            metavar="K/N",
-            envvar="BACKFILL_SHARD",
-            help="Worker K of N (0-based): a contiguous slice of the key space, with "
-            "its own checkpoint.",
-            rich_help_panel="Scale-out",
-        ),
-    ] = None,
-    shard_count: Annotated[
-        int | None,
-        typer.Option(
-            min=1,
-            envvar="BACKFILL_SHARD_COUNT",
-            help="N workers; K comes from JOB_COMPLETION_INDEX (Kubernetes Indexed Job).",
-            rich_help_panel="Scale-out",
-        ),
-    ] = None,
-    workers: Annotated[
-        int | None, typer.Option(min=1, help="Scoring processes (default: one per core).")
-    ] = None,
+    timeout: o.Timeout = DEFAULT_TIMEOUT_S,
+    max_bytes: o.MaxBytes = DEFAULT_MAX_BYTES,
+    retries: o.Retries = DEFAULT_RETRIES,
+    deny_private_networks: o.DenyPrivateNetworks = False,
+    shard: o.ShardOption = None,
+    shard_count: o.ShardCount = None,
+    workers: o.Workers = None,
     threshold: o.ThresholdOverrides = None,
-    notify_url: Annotated[
-        str | None,
-        typer.Option(
-            metavar="URL",
-            envvar="BACKFILL_NOTIFY_URL",
-            help="POST a JSON summary here when the run ends (a failing webhook only warns).",
-            rich_help_panel=o.OUTPUT_PANEL,
-        ),
-    ] = None,
+    notify_url: o.NotifyUrl = None,
     verbose: o.Verbose = False,
-    quiet: Annotated[
-        bool,
-        typer.Option(
-            "--quiet",
-            "-q",
-            help="Only warnings and the final summary.",
-            rich_help_panel=o.OUTPUT_PANEL,
-        ),
-    ] = False,
-    log_format: Annotated[
-        LogFormat,
-        typer.Option(
-            help="text (a live bar on a terminal) or json (one object per event).",
-            rich_help_panel=o.OUTPUT_PANEL,
-        ),
-    ] = LogFormat.text,
+    quiet: o.Quiet = False,
+    log_format: o.LogFormatOption = LogFormat.text,
 ) -> None:
     """Score every image whose score is NULL and write the score back, page by page."""
     with error_boundary(verbose=verbose, as_json=log_format is LogFormat.json):
         register_database_secrets(database_url)
         settings = RunSettings(
             database_url=database_url,
-            target=Target(
-                table=table, id_column=id_column, url_column=url_column, score_column=score_column
-            ),
-            fetch=FetchSettings(
-                timeout_s=timeout,
+            target=o.make_target(table, id_column, url_column, score_column),
+            fetch=o.make_fetch_settings(
+                timeout=timeout,
                 max_bytes=max_bytes,
                 retries=retries,
                 max_rps=max_rps,

@@ -17,11 +17,7 @@ from backfill_quality.config import (
     DEFAULT_MAX_BYTES,
     DEFAULT_RETRIES,
     DEFAULT_TIMEOUT_S,
-    MAX_BATCH_SIZE,
-    MAX_CONCURRENCY,
-    FetchSettings,
     RunSettings,
-    Target,
     resolve_shard,
     thresholds_with_overrides,
 )
@@ -96,46 +92,13 @@ def watch(
             rich_help_panel=WATCH_PANEL,
         ),
     ] = False,
-    batch_size: Annotated[
-        int, typer.Option(min=1, max=MAX_BATCH_SIZE, help="Rows per page and per checkpoint.")
-    ] = DEFAULT_BATCH_SIZE,
-    concurrency: Annotated[
-        int,
-        typer.Option(
-            min=1,
-            max=MAX_CONCURRENCY,
-            envvar="BACKFILL_CONCURRENCY",
-            help="Images in flight.",
-            rich_help_panel=o.FETCH_PANEL,
-        ),
-    ] = DEFAULT_CONCURRENCY,
-    max_rps: Annotated[
-        float | None,
-        typer.Option(
-            min=0.001, help="Ceiling on image requests per second.", rich_help_panel=o.FETCH_PANEL
-        ),
-    ] = None,
-    timeout: Annotated[
-        float,
-        typer.Option(
-            min=0.001, metavar="S", help="Timeout per request.", rich_help_panel=o.FETCH_PANEL
-        ),
-    ] = DEFAULT_TIMEOUT_S,
-    max_bytes: Annotated[
-        int, typer.Option(min=1, help="Largest image body, bytes.", rich_help_panel=o.FETCH_PANEL)
-    ] = DEFAULT_MAX_BYTES,
-    retries: Annotated[
-        int,
-        typer.Option(min=0, max=20, help="Retries per image.", rich_help_panel=o.FETCH_PANEL),
-    ] = DEFAULT_RETRIES,
-    deny_private_networks: Annotated[
-        bool,
-        typer.Option(
-            "--deny-private-networks",
-            help="Refuse image hosts on private addresses.",
-            rich_help_panel=o.FETCH_PANEL,
-        ),
-    ] = False,
+    batch_size: o.BatchSize = DEFAULT_BATCH_SIZE,
+    concurrency: o.Concurrency = DEFAULT_CONCURRENCY,
+    max_rps: o.MaxRps = None,
+    timeout: o.Timeout = DEFAULT_TIMEOUT_S,
+    max_bytes: o.MaxBytes = DEFAULT_MAX_BYTES,
+    retries: o.Retries = DEFAULT_RETRIES,
+    deny_private_networks: o.DenyPrivateNetworks = False,
     checkpoint: Annotated[
         Path,
         typer.Option(
@@ -145,44 +108,24 @@ def watch(
             dir_okay=False,
         ),
     ] = WATCH_CHECKPOINT,
-    shard: Annotated[
-        str | None,
-        typer.Option(
-            metavar="K/N",
-            envvar="BACKFILL_SHARD",
-            help="Watch only slice K of N.",
-            rich_help_panel=SCALE_PANEL,
-        ),
-    ] = None,
-    shard_count: Annotated[
-        int | None,
-        typer.Option(
-            min=1,
-            envvar="BACKFILL_SHARD_COUNT",
-            help="N; K from JOB_COMPLETION_INDEX.",
-            rich_help_panel=SCALE_PANEL,
-        ),
-    ] = None,
-    workers: Annotated[int | None, typer.Option(min=1, help="Scoring processes.")] = None,
+    shard: o.ShardOption = None,
+    shard_count: o.ShardCount = None,
+    workers: o.Workers = None,
     threshold: o.ThresholdOverrides = None,
     verbose: o.Verbose = False,
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="Only warnings and one line per cycle.")
     ] = False,
-    log_format: Annotated[
-        LogFormat, typer.Option(help="text (plain lines) or json (one object per event).")
-    ] = LogFormat.text,
+    log_format: o.LogFormatOption = LogFormat.text,
 ) -> None:
     """Score new images as they arrive: LISTEN for the insert trigger, poll as a safety net."""
     with error_boundary(verbose=verbose, as_json=log_format is LogFormat.json):
         register_database_secrets(database_url)
         run_settings = RunSettings(
             database_url=database_url,
-            target=Target(
-                table=table, id_column=id_column, url_column=url_column, score_column=score_column
-            ),
-            fetch=FetchSettings(
-                timeout_s=timeout,
+            target=o.make_target(table, id_column, url_column, score_column),
+            fetch=o.make_fetch_settings(
+                timeout=timeout,
                 max_bytes=max_bytes,
                 retries=retries,
                 max_rps=max_rps,
