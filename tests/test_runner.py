@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import psycopg
@@ -157,7 +158,6 @@ def test_row_scored_by_someone_else_is_skipped_not_overwritten(
     slow = image_server.url("/slow/1500?img=/img/bird.jpg")
     fill(database_url, [slow])
     import threading
-    import time
 
     def score_it_meanwhile() -> None:
         time.sleep(0.7)
@@ -170,3 +170,37 @@ def test_row_scored_by_someone_else_is_skipped_not_overwritten(
     thread.join()
     assert (summary.processed, summary.succeeded, summary.skipped) == (1, 0, 1)
     assert scores(database_url) == [7]
+
+
+def test_the_originals_polite_pace_is_sequential_with_a_pause_after_each_page(
+    database_url: str, tmp_path: Path, image_server: ImageServer, bird_url: str
+) -> None:
+    slow = image_server.url("/slow/150?img=/img/bird.jpg")
+    fill(database_url, [slow] * 6)
+    start = time.monotonic()
+    summary, _ = run(
+        database_url,
+        tmp_path,
+        batch_size=3,
+        delay_ms=400,
+        fetch=FetchSettings(retries=0, concurrency=1),
+    )
+    elapsed_s = time.monotonic() - start
+    assert summary.succeeded == 6
+    # one image at a time (6 x 150 ms) and one pause between the two pages (not after the last)
+    assert elapsed_s >= 6 * 0.15 + 0.4
+    assert elapsed_s < 6 * 0.15 + 0.4 + 6.0  # and not a pause per row
+
+
+def test_max_rps_paces_the_whole_run(
+    database_url: str, tmp_path: Path, bird_url: str, image_server: ImageServer
+) -> None:
+    fill(database_url, [bird_url] * 9)
+    start = time.monotonic()
+    summary, _ = run(
+        database_url, tmp_path, fetch=FetchSettings(retries=0, concurrency=16, max_rps=6.0)
+    )
+    elapsed_s = time.monotonic() - start
+    assert summary.succeeded == 9
+    assert image_server.hits("/img/bird.jpg") == 9
+    assert elapsed_s >= 8 / 6.0  # 9 requests at 6 per second: the last one starts after 1.33 s
