@@ -35,11 +35,12 @@ import httpx
 
 from backfill_quality.config import MAX_URL_LENGTH, FetchSettings
 from backfill_quality.errors import FetchError
+from backfill_quality.transport import LeanTransport
 
 USER_AGENT = "backfill-quality/0.1 (+image quality backfill)"
 ALLOWED_SCHEMES = ("http", "https")
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
-CONNECTIONS_PER_CLIENT = 8  # pool size per AsyncClient, chosen by bench/fetch_client.py
+KEEPALIVE_EXPIRY_S = 30.0  # idle connections are closed after this
 DOWNLOAD_DEADLINE_FACTOR = 4  # a whole attempt may take at most 4 x timeout_s
 _METADATA_ADDRESSES = frozenset(
     {ipaddress.ip_address("169.254.169.254"), ipaddress.ip_address("fd00:ec2::254")}
@@ -171,14 +172,12 @@ class ImageFetcher:
     ) -> None:
         self.settings = settings
         self._transport = transport
-        self._clients: list[httpx.AsyncClient] = []
-        self._busy: list[int] = []  # requests in flight per client
+        self._client: httpx.AsyncClient | None = None
         self._limiter = RateLimiter(settings.max_rps) if settings.max_rps else None
         self._rng = random.Random()
 
     async def __aenter__(self) -> ImageFetcher:
-        self._clients = build_clients(self.settings, transport=self._transport)
-        self._busy = [0] * len(self._clients)
+        self._client = build_client(self.settings, transport=self._transport)
         return self
 
     async def __aexit__(
@@ -187,8 +186,8 @@ class ImageFetcher:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        clients, self._clients = self._clients, []
-        for client in clients:
+        client, self._client = self._client, None
+        if client is not None:
             await client.aclose()
 
     async def fetch(self, url: str) -> Fetched:
@@ -221,7 +220,8 @@ class ImageFetcher:
             raise _AttemptError("timed out", detail, retryable=True) from exc
 
     async def _follow_redirects(self, url: str) -> tuple[bytes, str]:
-        if not self._clients:
+        client = self._client
+        if client is None:
             raise RuntimeError("ImageFetcher used outside 'async with'")
         current = url
         for _hop in range(self.settings.max_redirects + 1):
@@ -230,10 +230,8 @@ class ImageFetcher:
                 await ensure_public_host(current)
             if self._limiter is not None:
                 await self._limiter.acquire()
-            index = min(range(len(self._busy)), key=self._busy.__getitem__)  # least busy
-            self._busy[index] += 1
             try:
-                async with self._clients[index].stream("GET", current) as response:
+                async with client.stream("GET", current) as response:
                     location = response.headers.get("location")
                     if response.status_code in REDIRECT_STATUSES and location:
                         current = str(response.url.join(location))
@@ -241,8 +239,6 @@ class ImageFetcher:
                     return await self._read_body(response), str(response.url)
             except httpx.HTTPError as exc:
                 raise _translate_httpx_error(exc, current, self.settings.timeout_s) from exc
-            finally:
-                self._busy[index] -= 1
         raise _AttemptError(
             f"redirect loop / too many redirects ({self.settings.max_redirects})", retryable=False
         )
@@ -268,31 +264,26 @@ class ImageFetcher:
         return b"".join(chunks)
 
 
-def build_clients(
+def build_client(
     settings: FetchSettings, *, transport: httpx.AsyncBaseTransport | None = None
-) -> list[httpx.AsyncClient]:
-    """HTTP/1.1 clients whose pools add up to the concurrency; redirects are followed by hand.
+) -> httpx.AsyncClient:
+    """One HTTP/1.1 client on `LeanTransport` (or on `transport`); redirects are followed by hand.
 
-    httpcore's pool does work proportional to its size on every request, so one pool of 64
-    connections is several times slower than eight of 8 (see bench/fetch_client.py).
+    httpcore's pool costs several times the CPU of the request itself, so the default transport
+    is our own (backfill_quality.transport; see bench/fetch_client.py).
     """
-    n_clients = 1 if transport else -(-settings.concurrency // CONNECTIONS_PER_CLIENT)
-    per_client = -(-settings.concurrency // n_clients)
-    limits = httpx.Limits(
-        max_connections=per_client, max_keepalive_connections=per_client, keepalive_expiry=30.0
-    )
-    ssl_context = httpx.create_ssl_context()  # one CA bundle load (~50 ms), shared
-    return [
-        httpx.AsyncClient(
-            limits=limits,
-            timeout=httpx.Timeout(settings.timeout_s, pool=None),
-            follow_redirects=False,
-            headers={"User-Agent": USER_AGENT, "Accept": "image/*, */*;q=0.5"},
-            transport=transport,
-            verify=ssl_context,
+    if transport is None:
+        transport = LeanTransport(
+            max_connections=settings.concurrency,
+            keepalive_expiry_s=KEEPALIVE_EXPIRY_S,
+            ssl_context=httpx.create_ssl_context(),  # the CA bundle httpx would use, loaded once
         )
-        for _ in range(n_clients)
-    ]
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(settings.timeout_s, pool=None),
+        follow_redirects=False,
+        headers={"User-Agent": USER_AGENT, "Accept": "image/*, */*;q=0.5"},
+        transport=transport,
+    )
 
 
 def fetch_one(url: str, settings: FetchSettings) -> Fetched:

@@ -1,4 +1,4 @@
-"""Which httpx set-up downloads images fastest? Requests/s and CPU per request, by numbers.
+"""Which HTTP set-up downloads images fastest? Requests/s and CPU per request, by numbers.
 
 The image server runs in a child process (so client and server CPU are measured apart) with
 added latency per request; the client keeps N requests in flight for a fixed time with each
@@ -6,6 +6,11 @@ set-up and prints one table row per (set-up, in-flight) pair.
 
     python bench/fetch_client.py                        # 16/32/64 in flight, 100 ms, 300 KB
     python bench/fetch_client.py --in-flight 16 --duration-s 3 --setups fetcher,clients-4
+    python bench/fetch_client.py --in-flight 16,64 --setups fetcher,lean,raw-asyncio
+
+`fetcher` is the production path (ImageFetcher on LeanTransport), `lean` a bare httpx client on
+LeanTransport, `clients-N` N httpx clients on httpx's own transport (httpcore + anyio) and
+`raw-asyncio` a floor: a keep-alive client on asyncio streams with no checks at all.
 """
 
 from __future__ import annotations
@@ -24,9 +29,9 @@ from typing import Any
 
 import httpx
 
-from backfill_quality import fetch
 from backfill_quality.config import FetchSettings
 from backfill_quality.fetch import ImageFetcher
+from backfill_quality.transport import LeanTransport
 
 Get = Callable[[str], Awaitable[int]]
 
@@ -73,25 +78,31 @@ def process_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def fetcher_setup(connections_per_client: int | None = None) -> Any:
-    """The production path: ImageFetcher (optionally with another pool size per client)."""
+@asynccontextmanager
+async def fetcher_setup(in_flight: int) -> AsyncIterator[Get]:
+    """The production path: ImageFetcher (one AsyncClient on LeanTransport)."""
+    async with ImageFetcher(FetchSettings(concurrency=in_flight, timeout_s=30)) as fetcher:
 
-    @asynccontextmanager
-    async def setup(in_flight: int) -> AsyncIterator[Get]:
-        saved = fetch.CONNECTIONS_PER_CLIENT
-        fetch.CONNECTIONS_PER_CLIENT = connections_per_client or saved
-        try:
-            fetcher = ImageFetcher(FetchSettings(concurrency=in_flight, timeout_s=30))
-            async with fetcher:
+        async def get(url: str) -> int:
+            return len((await fetcher.fetch(url)).data)
 
-                async def get(url: str) -> int:
-                    return len((await fetcher.fetch(url)).data)
+        yield get
 
-                yield get
-        finally:
-            fetch.CONNECTIONS_PER_CLIENT = saved
 
-    return setup
+@asynccontextmanager
+async def lean_setup(in_flight: int) -> AsyncIterator[Get]:
+    """A bare AsyncClient on LeanTransport: httpx's client layer without the fetcher's checks."""
+    transport = LeanTransport(max_connections=in_flight)
+    async with httpx.AsyncClient(transport=transport, timeout=httpx.Timeout(30.0)) as client:
+
+        async def get(url: str) -> int:
+            async with client.stream("GET", url) as response:
+                total = 0
+                async for chunk in response.aiter_bytes():
+                    total += len(chunk)
+                return total
+
+        yield get
 
 
 def httpx_setup(
@@ -154,12 +165,8 @@ async def raw_asyncio_setup(in_flight: int) -> AsyncIterator[Get]:
 
 
 SETUPS: dict[str, Any] = {
-    "fetcher": fetcher_setup(),
-    "fetcher-pool4": fetcher_setup(4),
-    "fetcher-pool8": fetcher_setup(8),
-    "fetcher-pool16": fetcher_setup(16),
-    "fetcher-pool32": fetcher_setup(32),
-    "fetcher-pool64": fetcher_setup(64),
+    "fetcher": fetcher_setup,
+    "lean": lean_setup,
     "clients-1": httpx_setup(1),
     "clients-1-pool2x": httpx_setup(1, pool_factor=2.0),
     "clients-2": httpx_setup(2),

@@ -17,7 +17,8 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 # library -> the only modules allowed to import it
 OWNERS = {
     "psycopg": {"db.py"},
-    "httpx": {"fetch.py"},
+    "httpx": {"fetch.py", "transport.py"},
+    "h11": {"transport.py"},
     "PIL": {"imaging.py", "annotate.py", "synthetic.py"},
     "rich": {"progress.py", "views.py"},
     "typer": {"cli/"},

@@ -1,0 +1,429 @@
+"""A lean HTTP/1.1 transport for httpx: asyncio streams, h11 parsing, a keep-alive pool per host.
+
+httpcore's pool bookkeeping and anyio cost several times the CPU of the request itself
+(bench/fetch_client.py); the backfill is CPU-bound, so `ImageFetcher` plugs this in instead.
+It does what the fetcher needs and no more: HTTP/1.1 only, no proxies, no HTTP/2.
+
+- One pool per (scheme, host, port): at most `max_connections` open at once (more requests wait,
+  up to the pool timeout), idle ones reused last-in first-out. A connection goes back to the pool
+  only when h11 says both sides finished the exchange; otherwise it is closed.
+- Idle connections expire after `keepalive_expiry_s` and are capped at `max_idle_connections`
+  over all hosts (the oldest is closed first), so a run over many hosts keeps few sockets open.
+- A GET on a reused connection that the server had already closed is sent again, once, on a new
+  connection (the race every keep-alive client has).
+- Timeouts come from `request.extensions["timeout"]` (connect, read for each read, write, pool)
+  and errors are httpx's own, so callers cannot tell this transport from httpx's default one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import ssl
+import time
+from collections import deque
+from typing import Any
+
+import h11
+import httpx
+
+DEFAULT_PORTS = {"http": 80, "https": 443}
+# Reads of at most 64 KB keep every buffer below glibc's mmap threshold (128 KB): larger ones
+# are fresh pages each time and their page faults cost more CPU than the rest of the request
+# (bench/fetch_client.py: 300 KB bodies, 2.4 -> 1.3 ms of client CPU per request).
+READ_CHUNK_BYTES = 64 * 1024
+STREAM_LIMIT_BYTES = 256 * 1024  # asyncio buffers up to twice this before pausing the socket
+MAX_HEAD_BYTES = 100 * 1024  # the largest response head accepted (as httpcore)
+_IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+_PoolKey = tuple[str, str, int]
+
+
+class _Connection:
+    """One TCP (or TLS) connection and its h11 state machine."""
+
+    __slots__ = ("h11", "idle_since_s", "is_reused", "reader", "received_bytes", "writer")
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD_BYTES)
+        self.idle_since_s = 0.0
+        self.is_reused = False
+        self.received_bytes = 0  # in the current exchange
+
+    def is_usable(self) -> bool:
+        """False once the server closed its side or the socket failed."""
+        reader = self.reader
+        return not (
+            reader.at_eof() or reader.exception() is not None or self.writer.transport.is_closing()
+        )
+
+    def abort(self) -> None:
+        self.writer.transport.abort()
+
+
+class _HostPool:
+    """The connections of one (scheme, host, port)."""
+
+    __slots__ = ("idle", "slots", "users")
+
+    def __init__(self, max_connections: int) -> None:
+        self.idle: deque[_Connection] = deque()
+        self.slots = asyncio.Semaphore(max_connections)
+        self.users = 0  # requests holding or waiting for a slot
+
+
+class _StaleConnection(Exception):
+    """A reused connection died before the server sent a byte; `error` if we cannot resend."""
+
+    def __init__(self, error: httpx.TransportError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+class LeanTransport(httpx.AsyncBaseTransport):
+    """HTTP/1.1 over asyncio streams with a keep-alive pool per host."""
+
+    def __init__(
+        self,
+        *,
+        max_connections: int = 10,
+        max_idle_connections: int | None = None,
+        keepalive_expiry_s: float = 30.0,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        if max_connections < 1:
+            raise ValueError("max_connections must be at least 1")
+        self.max_connections = max_connections
+        self.max_idle_connections = max_idle_connections or max_connections
+        self.keepalive_expiry_s = keepalive_expiry_s
+        self._ssl_context = ssl_context
+        self._pools: dict[_PoolKey, _HostPool] = {}
+        self._idle: dict[_Connection, _HostPool] = {}  # every idle connection, oldest first
+        self._is_closed = False
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if self._is_closed:
+            raise RuntimeError("LeanTransport used after aclose()")
+        url = request.url
+        scheme = url.scheme
+        if scheme not in DEFAULT_PORTS:
+            raise httpx.UnsupportedProtocol(f"unsupported URL scheme '{scheme}'", request=request)
+        host = url.raw_host.decode("ascii")  # IDNA-encoded, IPv6 without brackets
+        key = (scheme, host, url.port or DEFAULT_PORTS[scheme])
+        pool = self._pools.get(key)
+        if pool is None:
+            pool = self._pools[key] = _HostPool(self.max_connections)
+        timeouts: dict[str, Any] = request.extensions.get("timeout", {})
+        pool.users += 1
+        try:
+            await _acquire_slot(pool, timeouts.get("pool"), request)
+        except BaseException:
+            pool.users -= 1
+            self._forget_if_unused(key, pool)
+            raise
+        try:
+            conn, head = await self._exchange_head(key, pool, request, timeouts)
+        except BaseException:
+            self._release(key, pool, None)
+            raise
+        stream = _LeanStream(self, key, pool, conn, request, timeouts.get("read"))
+        return httpx.Response(
+            head.status_code,
+            headers=head.headers.raw_items(),
+            stream=stream,
+            extensions={"http_version": b"HTTP/" + head.http_version, "reason_phrase": head.reason},
+        )
+
+    async def aclose(self) -> None:
+        self._is_closed = True
+        idle, self._idle = list(self._idle), {}
+        for pool in self._pools.values():
+            pool.idle.clear()
+        for conn in idle:
+            conn.writer.close()
+        for conn in idle:
+            with contextlib.suppress(OSError):  # ssl.SSLError is an OSError
+                await conn.writer.wait_closed()
+
+    # -- connections ----------------------------------------------------------------------------
+
+    async def _exchange_head(
+        self, key: _PoolKey, pool: _HostPool, request: httpx.Request, timeouts: dict[str, Any]
+    ) -> tuple[_Connection, h11.Response]:
+        """Send the request on an idle or new connection; the connection and the response head."""
+        conn = self._take_idle(pool)
+        if conn is not None:
+            try:
+                return conn, await _send_and_read_head(conn, request, timeouts)
+            except _StaleConnection:
+                conn.abort()  # the server closed it while idle: once more on a new connection
+            except BaseException:
+                conn.abort()
+                raise
+        conn = await self._connect(key, request, timeouts.get("connect"))
+        try:
+            return conn, await _send_and_read_head(conn, request, timeouts)
+        except _StaleConnection as stale:
+            conn.abort()
+            raise stale.error from stale.error.__cause__
+        except BaseException:
+            conn.abort()
+            raise
+
+    async def _connect(
+        self, key: _PoolKey, request: httpx.Request, timeout_s: float | None
+    ) -> _Connection:
+        scheme, host, port = key
+        context = self._tls_context() if scheme == "https" else None
+        try:
+            async with asyncio.timeout(timeout_s):
+                reader, writer = await asyncio.open_connection(
+                    host,
+                    port,
+                    ssl=context,
+                    server_hostname=host if context else None,
+                    limit=STREAM_LIMIT_BYTES,
+                )
+        except TimeoutError as exc:
+            message = f"could not connect to {host}:{port} within {timeout_s:g}s"
+            raise httpx.ConnectTimeout(message, request=request) from exc
+        except OSError as exc:  # refused, unreachable, DNS (gaierror), TLS (SSLError)
+            raise httpx.ConnectError(str(exc) or type(exc).__name__, request=request) from exc
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return _Connection(reader, writer)
+
+    def _tls_context(self) -> ssl.SSLContext:
+        if self._ssl_context is None:
+            self._ssl_context = ssl.create_default_context()  # loaded on first https only
+        return self._ssl_context
+
+    # -- the pool -------------------------------------------------------------------------------
+
+    def _take_idle(self, pool: _HostPool) -> _Connection | None:
+        expired_before_s = time.monotonic() - self.keepalive_expiry_s
+        while pool.idle:
+            conn = pool.idle.pop()
+            del self._idle[conn]
+            if conn.idle_since_s > expired_before_s and conn.is_usable():
+                conn.is_reused = True
+                return conn
+            conn.abort()
+        return None
+
+    def _release(self, key: _PoolKey, pool: _HostPool, conn: _Connection | None) -> None:
+        """Give back a slot; `conn` goes idle if its exchange finished cleanly, else closes."""
+        if conn is not None:
+            state = conn.h11
+            if (
+                state.our_state is h11.DONE
+                and state.their_state is h11.DONE
+                and not self._is_closed
+            ):
+                state.start_next_cycle()
+                conn.idle_since_s = time.monotonic()
+                pool.idle.append(conn)
+                self._idle[conn] = pool
+                self._expire_idle(conn.idle_since_s)
+            else:
+                conn.abort()
+        pool.users -= 1
+        pool.slots.release()
+        self._forget_if_unused(key, pool)
+
+    def _expire_idle(self, now_s: float) -> None:
+        """Close idle connections past their expiry, and the oldest ones over the idle cap."""
+        idle = self._idle
+        expired_before_s = now_s - self.keepalive_expiry_s
+        while idle:
+            oldest = next(iter(idle))
+            if len(idle) <= self.max_idle_connections and oldest.idle_since_s > expired_before_s:
+                return
+            pool = idle.pop(oldest)
+            pool.idle.remove(oldest)
+            oldest.abort()
+
+    def _forget_if_unused(self, key: _PoolKey, pool: _HostPool) -> None:
+        if pool.users == 0 and not pool.idle and self._pools.get(key) is pool:
+            del self._pools[key]
+
+
+class _LeanStream(httpx.AsyncByteStream):
+    """The response body, chunk by chunk as it arrives; closing it gives the connection back."""
+
+    def __init__(
+        self,
+        transport: LeanTransport,
+        key: _PoolKey,
+        pool: _HostPool,
+        conn: _Connection,
+        request: httpx.Request,
+        read_timeout_s: float | None,
+    ) -> None:
+        self._transport = transport
+        self._key = key
+        self._pool = pool
+        self._conn: _Connection | None = conn
+        self._request = request
+        self._read_timeout_s = read_timeout_s
+
+    def __aiter__(self) -> _LeanStream:
+        return self
+
+    async def __anext__(self) -> bytes:
+        conn = self._conn
+        if conn is None:
+            raise StopAsyncIteration
+        try:
+            while True:
+                event = _next_event(conn, self._request)
+                if event is h11.NEED_DATA:
+                    await _receive(conn, self._read_timeout_s, self._request)
+                elif type(event) is h11.Data:
+                    return bytes(event.data)
+                elif type(event) is h11.EndOfMessage:
+                    break
+                else:
+                    message = f"unexpected {getattr(event, '__name__', type(event).__name__)}"
+                    raise httpx.RemoteProtocolError(message, request=self._request)
+        except BaseException:
+            self._give_back(None)
+            raise
+        self._give_back(conn)
+        raise StopAsyncIteration
+
+    async def aclose(self) -> None:
+        """Keep the connection if the rest of the body is already buffered, else close it."""
+        conn = self._conn
+        if conn is None:
+            return
+        try:
+            while (event := conn.h11.next_event()) is not h11.NEED_DATA:
+                if type(event) is h11.EndOfMessage:
+                    self._give_back(conn)
+                    return
+                if type(event) is not h11.Data:
+                    break
+        except h11.RemoteProtocolError:
+            pass
+        self._give_back(None)
+
+    def _give_back(self, conn: _Connection | None) -> None:
+        if self._conn is None:
+            return
+        if conn is None:
+            self._conn.abort()
+        self._conn = None
+        self._transport._release(self._key, self._pool, conn)
+
+
+# -- one exchange ----------------------------------------------------------------------------------
+
+
+async def _acquire_slot(pool: _HostPool, timeout_s: float | None, request: httpx.Request) -> None:
+    if not pool.slots.locked():
+        await pool.slots.acquire()  # returns at once
+        return
+    try:
+        async with asyncio.timeout(timeout_s):
+            await pool.slots.acquire()
+    except TimeoutError as exc:
+        message = f"no free connection to {request.url.host} within {timeout_s:g}s"
+        raise httpx.PoolTimeout(message, request=request) from exc
+
+
+async def _send_and_read_head(
+    conn: _Connection, request: httpx.Request, timeouts: dict[str, Any]
+) -> h11.Response:
+    """Write the request (head and body), then read up to the final response head."""
+    try:
+        await _send_request(conn, request, timeouts.get("write"))
+        while True:
+            event = _next_event(conn, request)
+            if event is h11.NEED_DATA:
+                if not await _receive(conn, timeouts.get("read"), request) and not (
+                    conn.received_bytes
+                ):
+                    raise httpx.RemoteProtocolError(
+                        "Server disconnected without sending a response.", request=request
+                    )
+            elif type(event) is h11.Response:
+                return event
+            elif type(event) is not h11.InformationalResponse:  # 1xx: wait for the real one
+                message = f"unexpected {getattr(event, '__name__', type(event).__name__)}"
+                raise httpx.RemoteProtocolError(message, request=request)
+    except (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError) as exc:
+        if (
+            conn.is_reused
+            and not conn.received_bytes
+            and request.method in _IDEMPOTENT_METHODS
+            and "content-length" not in request.headers
+            and "transfer-encoding" not in request.headers
+        ):
+            raise _StaleConnection(exc) from exc
+        raise
+
+
+async def _send_request(conn: _Connection, request: httpx.Request, timeout_s: float | None) -> None:
+    state = conn.h11
+    conn.received_bytes = 0
+    try:
+        head = state.send(
+            h11.Request(
+                method=request.method, target=request.url.raw_path, headers=request.headers.raw
+            )
+        )
+    except h11.LocalProtocolError as exc:
+        raise httpx.LocalProtocolError(str(exc), request=request) from exc
+    writer = conn.writer
+    writer.write(head or b"")
+    if isinstance(request.stream, httpx.AsyncByteStream):
+        async for part in request.stream:
+            writer.write(state.send(h11.Data(data=part)) or b"")
+            await _drain(writer, timeout_s, request)
+    writer.write(state.send(h11.EndOfMessage()) or b"")
+    await _drain(writer, timeout_s, request)
+
+
+async def _drain(
+    writer: asyncio.StreamWriter, timeout_s: float | None, request: httpx.Request
+) -> None:
+    if not writer.transport.get_write_buffer_size():
+        return  # all written to the socket already: nothing to wait for
+    try:
+        async with asyncio.timeout(timeout_s):
+            await writer.drain()
+    except TimeoutError as exc:
+        message = f"could not send the request within {timeout_s:g}s"
+        raise httpx.WriteTimeout(message, request=request) from exc
+    except OSError as exc:
+        raise httpx.WriteError(str(exc) or type(exc).__name__, request=request) from exc
+
+
+async def _receive(conn: _Connection, timeout_s: float | None, request: httpx.Request) -> int:
+    """Read what the server sent next into h11; how many bytes (0 at EOF)."""
+    try:
+        if timeout_s is None:
+            data = await conn.reader.read(READ_CHUNK_BYTES)
+        else:
+            async with asyncio.timeout(timeout_s):
+                data = await conn.reader.read(READ_CHUNK_BYTES)
+    except TimeoutError as exc:
+        message = f"no data from the server within {timeout_s:g}s"
+        raise httpx.ReadTimeout(message, request=request) from exc
+    except OSError as exc:  # reset, broken pipe, TLS errors
+        raise httpx.ReadError(str(exc) or type(exc).__name__, request=request) from exc
+    conn.h11.receive_data(data)
+    conn.received_bytes += len(data)
+    return len(data)
+
+
+def _next_event(conn: _Connection, request: httpx.Request) -> Any:
+    try:
+        return conn.h11.next_event()
+    except h11.RemoteProtocolError as exc:
+        raise httpx.RemoteProtocolError(str(exc), request=request) from exc
