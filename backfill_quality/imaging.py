@@ -26,6 +26,11 @@ detection (the detector works on a 32-cell map), small enough to keep analysis a
 JPEGs are decoded at the smallest DCT scale whose result is at least this big, then reduced by
 an integer box factor, so the long side lands between about half and all of it: no bilinear
 pass (it cost 1.3 ms a 1600x1200 photo, a quarter of the scaled decode itself)."""
+LARGE_PHOTO_FACTOR = 4
+"""A JPEG whose long side is at least this many working sizes is decoded at the smallest DCT
+scale that still gives half the working size (1/8 for a 1600x1200 photo: the working copy
+straight from the decoder, 1 ms less than 1/4 plus a box reduction). Smaller photos keep the
+finer scale, whose box reduction the detector was measured on."""
 
 EXIF_ORIENTATION_TAG = 0x0112
 _TRANSPOSE_BY_ORIENTATION: dict[int, Image.Transpose] = {
@@ -89,8 +94,9 @@ def measure_brightness(rgb: NDArray[np.uint8]) -> float:
     """Mean of the R, G, B channel means, 0-255 (the original service's brightness)."""
     if rgb.size == 0:
         return 0.0
-    channel_means = rgb.reshape(-1, rgb.shape[-1]).mean(axis=0, dtype=np.float64)
-    return float(channel_means[:3].mean())
+    # the channels have the same number of pixels, so the mean of the three channel means is
+    # the mean of all values: one contiguous reduction instead of a strided one (10x faster)
+    return float(rgb[..., :3].mean(dtype=np.float64))
 
 
 def measure_contrast_std(rgb: NDArray[np.uint8]) -> float:
@@ -144,7 +150,9 @@ def _decode_small(image: Image.Image, work_size: int) -> Image.Image:
     fmt = image.format
     try:
         if fmt == "JPEG":
-            image.draft("RGB", (work_size, work_size))
+            is_large = max(image.size) >= LARGE_PHOTO_FACTOR * work_size
+            request = work_size // 2 if is_large else work_size
+            image.draft("RGB", (request, request))
         image.load()
         flat = _to_resizable(image)
         flat = _shrink(flat, work_size)
