@@ -9,6 +9,7 @@ after the last checkpoint, and the guarded UPDATE makes redoing them harmless.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import multiprocessing
 import os
 import signal
@@ -37,14 +38,14 @@ from backfill_quality.fetch import ImageFetcher
 from backfill_quality.models import ImageRow, Outcome, RowId, RunSummary
 from backfill_quality.progress import EtaEstimator, Reporter
 from backfill_quality.resume import prepare_checkpoint
-from backfill_quality.worker import SCORING_MODULE, ignore_signals, score_in_worker
+from backfill_quality.worker import SCORING_MODULE, ignore_signals, score_in_worker, warm_up
 
 NOTHING_TO_DO = "No images need quality score backfill"
 EXIT_SIGNALS = {"SIGINT": 130, "SIGTERM": 143}
 WRITE_BATCH_MAX = 50
 MAX_POOL_CRASHES = 5
 """Scoring-process crashes in a row, with no image scored in between, before the run gives up."""
-SCORING_BACKLOG_PER_WORKER = 2
+SCORING_BACKLOG_PER_WORKER = 4
 """Downloaded images that may wait for a scoring process, per process, beyond --concurrency."""
 
 
@@ -109,7 +110,11 @@ class Runner:
         try:
             try:
                 await session.open()
-                start = await session.call(self._prepare)
+                # the scoring processes start while the database is checked and counted
+                self._pool = self._new_pool()
+                start, _ = await asyncio.gather(
+                    session.call(self._prepare), asyncio.to_thread(self._warm_up_pool)
+                )
             except asyncio.CancelledError:
                 if self._interrupted is None:
                     raise
@@ -130,6 +135,8 @@ class Runner:
                 session.cancel()  # do not wait for a statement stuck on a lock
             # closing joins the session's thread: off the loop, so a second signal still works
             await asyncio.to_thread(session.close)
+            if self._pool is not None:
+                self._pool.shutdown(wait=True, cancel_futures=True)
             self._remove_signal_handlers()
 
     def _prepare(self, conn: Any) -> tuple[Checkpoint, Path, db.IdRange | None, int]:
@@ -173,7 +180,6 @@ class Runner:
         state = _State(checkpoint=checkpoint, mark=LowWaterMark(checkpoint.last_processed_id))
         self._state = state
         results: asyncio.Queue[tuple[Outcome, _Page]] = asyncio.Queue()
-        self._pool = self._new_pool()
         writer = asyncio.create_task(self._write_loop(session, results, state, path))
         try:
             async with ImageFetcher(s.fetch) as fetcher:
@@ -190,7 +196,6 @@ class Runner:
         finally:
             writer.cancel()
             await asyncio.gather(writer, return_exceptions=True)
-            self._pool.shutdown(wait=True, cancel_futures=True)
         state.checkpoint.last_processed_id = state.mark.mark
         state.checkpoint.finished = (
             state.is_exhausted and self._interrupted is None and self._fatal is None
@@ -304,6 +309,16 @@ class Runner:
             return Outcome(row, error=error, attempts=attempts)
         except Exception as exc:
             return Outcome(row, error=f"internal error while scoring: {exc!r}", attempts=attempts)
+
+    def _warm_up_pool(self) -> None:
+        """Start every scoring process now (each loads the scoring code once), so the first
+        images do not wait for them. Runs on a helper thread: starting processes blocks."""
+        pool = self._pool
+        assert pool is not None
+        workers = self.settings.workers or os.cpu_count() or 1
+        with contextlib.suppress(RuntimeError):  # the run stopped while starting: pool shut
+            for future in [pool.submit(warm_up) for _ in range(workers)]:
+                future.result()
 
     def _new_pool(self) -> ProcessPoolExecutor:
         """Scoring processes, one per core; forkserver, since this process runs threads."""

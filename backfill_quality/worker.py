@@ -24,3 +24,8 @@ def score_in_worker(data: bytes, thresholds: Thresholds, max_pixels: int) -> int
     from backfill_quality.scoring import score_only
 
     return score_only(data, thresholds, max_pixels)
+
+
+def warm_up() -> None:
+    """Run once per process at start: the scoring code is loaded before the first image."""
+    import backfill_quality.scoring  # noqa: F401
