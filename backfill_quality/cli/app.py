@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import traceback
 from collections.abc import Iterator
@@ -18,6 +19,11 @@ EXIT_OK = 0
 EXIT_FATAL = 1
 EXIT_USAGE = 2
 EXIT_SOME_FAILED = 3
+
+# psycopg warns through `logging` when a pipeline ends on a dead connection ("error ignored
+# terminating <psycopg.Pipeline [BAD]>"); the tool already reports the loss and reconnects, and
+# with no logging configured Python would print that raw line into our text or JSON output.
+logging.getLogger("psycopg").setLevel(logging.ERROR)
 
 app = typer.Typer(
     name="backfill-quality",
