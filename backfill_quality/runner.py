@@ -128,6 +128,8 @@ class Runner:
                 resumed_from=checkpoint.last_processed_id,
                 dry_run=self.settings.dry_run,
             )
+            if checkpoint.processed:  # resumed: the bar starts where the last run stopped
+                self.reporter.page_done(checkpoint)
             await self._pipeline(session, checkpoint, path, id_range)
             return self._summary(checkpoint, path)
         finally:

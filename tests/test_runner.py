@@ -9,7 +9,7 @@ import psycopg
 import pytest
 
 from backfill_quality import db
-from backfill_quality.checkpoint import load_checkpoint
+from backfill_quality.checkpoint import Checkpoint, load_checkpoint
 from backfill_quality.config import FetchSettings, RunSettings
 from backfill_quality.errors import ConfigError
 from backfill_quality.imageserver import ImageServer
@@ -25,6 +25,7 @@ class RecordingReporter:
         self.outcomes: list[Outcome] = []
         self.messages: list[str] = []
         self.pages = 0
+        self.checkpoints: list[int] = []  # rows processed, as told at each page_done
         self.total: int | None = None
 
     def start(self, *, total: int, resumed_from: object, dry_run: bool) -> None:
@@ -33,8 +34,9 @@ class RecordingReporter:
     def row_done(self, outcome: Outcome) -> None:
         self.outcomes.append(outcome)
 
-    def page_done(self, checkpoint: object) -> None:
+    def page_done(self, checkpoint: Checkpoint) -> None:
         self.pages += 1
+        self.checkpoints.append(checkpoint.processed)
 
     def info(self, message: str) -> None:
         self.messages.append(message)
@@ -204,3 +206,13 @@ def test_max_rps_paces_the_whole_run(
     assert summary.succeeded == 9
     assert image_server.hits("/img/bird.jpg") == 9
     assert elapsed_s >= 8 / 6.0  # 9 requests at 6 per second: the last one starts after 1.33 s
+
+
+def test_a_resumed_run_reports_the_rows_done_before_it(
+    database_url: str, tmp_path: Path, bird_url: str
+) -> None:
+    fill(database_url, [bird_url] * 8)
+    run(database_url, tmp_path, batch_size=4, limit=4)
+    _, reporter = run(database_url, tmp_path, batch_size=4, resume=True)
+    assert reporter.checkpoints[0] == 4  # told before the first new row, not only at a page end
+    assert len(reporter.outcomes) == 4
