@@ -264,6 +264,26 @@ class ImageFetcher:
         return b"".join(chunks)
 
 
+class _NoCookies(httpx.Cookies):
+    """A jar that keeps nothing a response sets, so it stays empty and nothing is sent back."""
+
+    def extract_cookies(self, response: httpx.Response) -> None:
+        return None
+
+
+class _ImageClient(httpx.AsyncClient):
+    """httpx's client without cookies: fetching images needs no session, a jar filled by every
+    host of a long run would grow with it, and filling it cost ~0.15 ms of the event loop per
+    response (11 % of a download's CPU, measured with 247 KB JPEGs and 16 in flight)."""
+
+    @property  # type: ignore[misc]  # read-only: a cookie jar cannot be set either
+    def cookies(self) -> httpx.Cookies:
+        return _NO_COOKIES
+
+
+_NO_COOKIES = _NoCookies()
+
+
 def build_client(
     settings: FetchSettings, *, transport: httpx.AsyncBaseTransport | None = None
 ) -> httpx.AsyncClient:
@@ -278,7 +298,7 @@ def build_client(
             keepalive_expiry_s=KEEPALIVE_EXPIRY_S,
             ssl_context=httpx.create_ssl_context(),  # the CA bundle httpx would use, loaded once
         )
-    return httpx.AsyncClient(
+    return _ImageClient(
         timeout=httpx.Timeout(settings.timeout_s, pool=None),
         follow_redirects=False,
         headers={"User-Agent": USER_AGENT, "Accept": "image/*, */*;q=0.5"},

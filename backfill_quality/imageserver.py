@@ -13,6 +13,8 @@ Routes, chosen by path (`?img=<path>` names a registered image):
 - `/retry-after/<seconds>/<key>?img=` — 429 with `Retry-After: <seconds>` on the first hit,
   then the image.
 - `/retry-after-date/<seconds>/<key>?img=` — the same with an HTTP-date `Retry-After`.
+- `/set-cookie/<key>?img=` — the image, with a `Set-Cookie` header (`cookie_hits` counts the
+  requests to any path that came back with a `Cookie` header).
 - `/slow/<ms>[?img=]` — waits <ms> before the headers, then the image (or a short text body).
 - `/stall` — headers (Content-Length 1 MB) and 1 KB of body, then nothing until the client leaves.
 - `/reset` — headers (Content-Length 1 MB), 16 KB of body, then a TCP reset.
@@ -55,6 +57,7 @@ class _Request:
     path: str
     query: dict[str, list[str]]
     keep_alive: bool
+    has_cookie: bool
 
     def arg(self, name: str) -> str | None:
         values = self.query.get(name)
@@ -76,6 +79,7 @@ class ImageServer:
         self._images: dict[str, _Image] = {}
         self._hits: Counter[str] = Counter()
         self._sent: Counter[str] = Counter()
+        self._cookie_hits = 0
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping: asyncio.Event | None = None
@@ -103,6 +107,11 @@ class ImageServer:
         """How many requests were seen for `path` (query string ignored)."""
         with self._lock:
             return self._hits[path]
+
+    def cookie_hits(self) -> int:
+        """How many requests (to any path) carried a `Cookie` header."""
+        with self._lock:
+            return self._cookie_hits
 
     def bytes_sent(self, path: str) -> int:
         """How many body bytes the streaming fault routes wrote for `path`."""
@@ -182,6 +191,7 @@ class ImageServer:
                     break
                 with self._lock:
                     self._hits[request.path] += 1
+                    self._cookie_hits += request.has_cookie
                 if self.latency_s > 0:
                     await asyncio.sleep(self.latency_s)
                 keep_open = await self._respond(request, reader, writer)
@@ -228,6 +238,13 @@ class ImageServer:
                 await _send(writer, 429, b"Too Many Requests", "text/plain", headers=headers)
                 return True
             return await self._send_named_image(request, writer)
+        if head == "set-cookie" and len(parts) == 2:
+            with self._lock:
+                image = self._images.get(request.arg("img") or "")
+            body = image.data if image is not None else b"no image"
+            cookie = {"Set-Cookie": f"session={parts[1]}; Path=/"}
+            await _send(writer, 200, body, "image/jpeg", headers=cookie)
+            return True
         if head == "slow" and len(parts) == 2:
             await asyncio.sleep(float(parts[1]) / 1000.0)
             if request.arg("img") is None:
@@ -335,7 +352,8 @@ async def _read_request(reader: asyncio.StreamReader) -> _Request | None:
     connection = headers.get("connection", "").lower()
     keep_alive = connection != "close" and (version == "HTTP/1.1" or connection == "keep-alive")
     split = urlsplit(target)
-    return _Request(method.upper(), split.path or "/", parse_qs(split.query), keep_alive)
+    path = split.path or "/"
+    return _Request(method.upper(), path, parse_qs(split.query), keep_alive, "cookie" in headers)
 
 
 async def _send(

@@ -77,6 +77,20 @@ def test_fetch_one_is_the_sync_convenience(image_server: ImageServer, jpeg: byte
     assert fetch_one(image_server.url("/img/a.jpg"), FAST).data == jpeg
 
 
+def test_cookies_set_by_an_image_host_are_never_sent_back(
+    image_server: ImageServer, jpeg: bytes
+) -> None:
+    async def run() -> list[bytes]:
+        async with ImageFetcher(FAST) as fetcher:
+            urls = [image_server.url(f"/set-cookie/{n}?img=/img/a.jpg") for n in range(3)]
+            urls.append(image_server.url("/img/a.jpg"))
+            return [(await fetcher.fetch(url)).data for url in urls]
+
+    assert asyncio.run(run()) == [jpeg] * 4
+    assert image_server.hits("/set-cookie/0") == 1
+    assert image_server.cookie_hits() == 0
+
+
 def test_body_that_is_not_an_image_is_returned_as_bytes(image_server: ImageServer) -> None:
     url = image_server.add("/blob", b"definitely not a jpeg", "application/octet-stream")
     assert fetch(url).data == b"definitely not a jpeg"
