@@ -439,12 +439,13 @@ def memory_comparison(trials: Sequence[dict[str, Any]]) -> str | None:
 def code_version() -> dict[str, str]:
     """Short hashes of the pipeline's modules, so a report names the code it measured."""
     package = REPO_ROOT / "backfill_quality"
-    names = ("runner.py", "fetch.py", "dbsession.py", "db.py", "scoring.py", "imaging.py")
-    return {
-        name: hashlib.sha1((package / name).read_bytes()).hexdigest()[:10]
-        for name in names
-        if (package / name).exists()
-    }
+    names = ("runner.py", "fetch.py", "dbsession.py", "db", "scoring.py", "imaging.py")
+    versions = {}
+    for name in names:
+        files = sorted((package / name).glob("*.py")) if name == "db" else [package / name]
+        digest = hashlib.sha1(b"".join(f.read_bytes() for f in files if f.exists()))
+        versions[name] = digest.hexdigest()[:10]
+    return versions
 
 
 def parse_size(text: str) -> tuple[int, int]:

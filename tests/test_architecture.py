@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import re
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -13,10 +14,11 @@ from backfill_quality.cli import app
 
 PACKAGE = Path(__file__).resolve().parents[1] / "backfill_quality"
 README = Path(__file__).resolve().parents[1] / "README.md"
+PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
 
-# library -> the only modules allowed to import it
+# library -> the only modules (a trailing "/": every module of that package) allowed to import it
 OWNERS = {
-    "psycopg": {"db.py"},
+    "psycopg": {"db/"},
     "httpx": {"fetch.py", "transport.py"},
     "h11": {"transport.py"},
     "PIL": {"imaging.py", "annotate.py", "synthetic.py"},
@@ -53,6 +55,13 @@ def test_each_library_has_one_owner(library: str) -> None:
         if any(name == library or name.startswith(library + ".") for name in imports_of(path)):
             offenders.append(rel)
     assert offenders == [], f"{library} imported outside {sorted(allowed)}"
+
+
+@pytest.mark.parametrize("library", sorted(OWNERS))
+def test_each_owner_exists(library: str) -> None:
+    """A renamed or moved owner must not turn its rule into one that nothing can break."""
+    missing = [a for a in OWNERS[library] if not (PACKAGE / a).exists()]
+    assert missing == [], f"owners of {library} not found in the package: {missing}"
 
 
 def test_foundation_modules_import_nothing_above_them() -> None:
@@ -95,3 +104,14 @@ def test_every_run_option_is_documented_in_the_readme() -> None:
         for opt in getattr(param, "opts", []):
             if opt.startswith("--") and opt != "--help":
                 assert opt in documented, f"run option {opt} missing from README.md"
+
+
+def test_every_subpackage_is_in_the_distribution() -> None:
+    """setuptools packs only the packages listed: a missing one installs a broken tool (the
+    editable install of the tests would not notice)."""
+    listed = set(tomllib.loads(PYPROJECT.read_text())["tool"]["setuptools"]["packages"])
+    found = {
+        ".".join(("backfill_quality", *init.parent.relative_to(PACKAGE).parts))
+        for init in PACKAGE.rglob("__init__.py")
+    }
+    assert found - listed == set(), "add these to [tool.setuptools] packages in pyproject.toml"

@@ -1,4 +1,4 @@
-"""db.py against a real PostgreSQL: paging, writes, one transaction per row, errors, shards."""
+"""The db package against a real PostgreSQL: paging, writes, one transaction per row, shards."""
 
 from __future__ import annotations
 
