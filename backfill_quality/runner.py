@@ -9,14 +9,11 @@ after the last checkpoint, and the guarded UPDATE makes redoing them harmless.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import multiprocessing
 import os
 import signal
 import time
 from collections import deque
 from collections.abc import Collection
-from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,13 +35,11 @@ from backfill_quality.fetch import ImageFetcher
 from backfill_quality.models import ImageRow, Outcome, RowId, RunSummary
 from backfill_quality.progress import EtaEstimator, Reporter
 from backfill_quality.resume import prepare_checkpoint
-from backfill_quality.worker import SCORING_MODULE, ignore_signals, score_in_worker, warm_up
+from backfill_quality.scoringpool import ScoringPool
 
 NOTHING_TO_DO = "No images need quality score backfill"
 EXIT_SIGNALS = {"SIGINT": 130, "SIGTERM": 143}
 WRITE_BATCH_MAX = 50
-MAX_POOL_CRASHES = 5
-"""Scoring-process crashes in a row, with no image scored in between, before the run gives up."""
 SCORING_BACKLOG_PER_WORKER = 4
 """Downloaded images that may wait for a scoring process, per process, beyond --concurrency."""
 
@@ -89,12 +84,16 @@ class Runner:
         self._fatal: BaseException | None = None
         self._issuer: asyncio.Task[None] | None = None
         self._state: _State | None = None
-        self._pool: ProcessPoolExecutor | None = None
+        self._pool = ScoringPool(
+            workers=settings.workers or os.cpu_count() or 1,
+            thresholds=settings.thresholds,
+            max_pixels=settings.max_pixels,
+            on_give_up=self._fail,
+        )
         self._started = time.monotonic()
         self._resumed_processed = 0
         self._previous_handlers: dict[int, Any] = {}
         self._main: asyncio.Task[RunSummary] | None = None
-        self._pool_crashes = 0
         self._session: DatabaseSession | None = None
         self._eta = EtaEstimator()
 
@@ -111,9 +110,9 @@ class Runner:
             try:
                 await session.open()
                 # the scoring processes start while the database is checked and counted
-                self._pool = self._new_pool()
+                self._pool.start()
                 start, _ = await asyncio.gather(
-                    session.call(self._prepare), asyncio.to_thread(self._warm_up_pool)
+                    session.call(self._prepare), asyncio.to_thread(self._pool.warm_up)
                 )
             except asyncio.CancelledError:
                 if self._interrupted is None:
@@ -137,8 +136,7 @@ class Runner:
                 session.cancel()  # do not wait for a statement stuck on a lock
             # closing joins the session's thread: off the loop, so a second signal still works
             await asyncio.to_thread(session.close)
-            if self._pool is not None:
-                self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool.shutdown()
             self._remove_signal_handlers()
 
     def _prepare(self, conn: Any) -> tuple[Checkpoint, Path, db.IdRange | None, int]:
@@ -216,9 +214,8 @@ class Runner:
         id_range: db.IdRange | None,
     ) -> None:
         s = self.settings
-        workers = s.workers or os.cpu_count() or 1
         rows_in_flight = asyncio.Semaphore(
-            s.fetch.concurrency + SCORING_BACKLOG_PER_WORKER * workers
+            s.fetch.concurrency + SCORING_BACKLOG_PER_WORKER * self._pool.workers
         )
         fetching = asyncio.Semaphore(s.fetch.concurrency)
         left = s.limit
@@ -294,11 +291,7 @@ class Runner:
             async with fetching:
                 fetched = await fetcher.fetch(row.url)
             attempts = fetched.attempts
-            try:
-                score = await self._score_in_pool(fetched.data)
-            except BrokenProcessPool:  # a crash elsewhere may have taken this row along: again
-                score = await self._score_in_pool(fetched.data)
-            self._pool_crashes = 0
+            score = await self._pool.score(fetched.data)  # retried once if the pool broke
             return Outcome(row, score=score, attempts=attempts)
         except FetchError as exc:
             return Outcome(row, error=str(exc), attempts=exc.attempts)
@@ -311,56 +304,6 @@ class Runner:
             return Outcome(row, error=error, attempts=attempts)
         except Exception as exc:
             return Outcome(row, error=f"internal error while scoring: {exc!r}", attempts=attempts)
-
-    def _warm_up_pool(self) -> None:
-        """Start every scoring process now (each loads the scoring code once), so the first
-        images do not wait for them. Runs on a helper thread: starting processes blocks."""
-        pool = self._pool
-        assert pool is not None
-        workers = self.settings.workers or os.cpu_count() or 1
-        with contextlib.suppress(RuntimeError):  # the run stopped while starting: pool shut
-            for future in [pool.submit(warm_up) for _ in range(workers)]:
-                future.result()
-
-    def _new_pool(self) -> ProcessPoolExecutor:
-        """Scoring processes, one per core; forkserver, since this process runs threads."""
-        context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload([SCORING_MODULE])
-        return ProcessPoolExecutor(
-            max_workers=self.settings.workers or os.cpu_count() or 1,
-            mp_context=context,
-            initializer=ignore_signals,
-        )
-
-    async def _score_in_pool(self, data: bytes) -> int:
-        """Score in a worker process; a broken pool is replaced (once per breakage) and the
-        error re-raised. Crash after crash with no success in between is fatal."""
-        pool = self._pool
-        assert pool is not None
-        s = self.settings
-        try:
-            return await asyncio.get_running_loop().run_in_executor(
-                pool, score_in_worker, data, s.thresholds, s.max_pixels
-            )
-        except BrokenProcessPool:
-            if pool is self._pool and self._interrupted is None:
-                self._pool_crashes += 1
-                if self._pool_crashes > MAX_POOL_CRASHES:
-                    self._fail(
-                        BackfillError(
-                            "the scoring processes keep crashing; try `backfill-quality score "
-                            "--verbose` on one of the images to see why"
-                        )
-                    )
-                else:
-                    self._replace_pool()
-            raise
-
-    def _replace_pool(self) -> None:
-        old = self._pool
-        self._pool = self._new_pool()
-        if old is not None:
-            old.shutdown(wait=False, cancel_futures=True)
 
     async def _write_loop(
         self,
@@ -442,6 +385,7 @@ class Runner:
         if self._interrupted is not None:
             os._exit(EXIT_SIGNALS[name])  # second signal: the last checkpoint on disk is whole
         self._interrupted = name
+        self._pool.stop_replacing()
         self.reporter.warning(
             f"{name} received: stopping after saving the checkpoint "
             "(press Ctrl+C again to exit at once)"

@@ -439,7 +439,10 @@ def memory_comparison(trials: Sequence[dict[str, Any]]) -> str | None:
 def code_version() -> dict[str, str]:
     """Short hashes of the pipeline's modules, so a report names the code it measured."""
     package = REPO_ROOT / "backfill_quality"
-    names = ("runner.py", "fetch.py", "dbsession.py", "db", "scoring.py", "imaging.py")
+    names = (
+        *("runner.py", "scoringpool.py", "worker.py", "fetch.py", "dbsession.py"),
+        *("db", "scoring.py", "imaging.py"),
+    )
     versions = {}
     for name in names:
         files = sorted((package / name).glob("*.py")) if name == "db" else [package / name]

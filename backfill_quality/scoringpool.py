@@ -1,0 +1,119 @@
+"""The scoring processes of a run: start, warm up, score one image, survive crashes, shut down.
+
+Kept apart from the runner because it is a different kind of thing: the runner schedules rows on
+one event loop, while this owns operating-system processes and their failure modes (a worker
+killed by the kernel breaks the whole pool, which must be replaced, and a crash repeated with no
+success in between must end the run instead of looping). The workers import NumPy and Pillow;
+this module does not, it only sends them `worker.score_in_worker` by reference.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import multiprocessing
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+
+from backfill_quality.config import Thresholds
+from backfill_quality.errors import BackfillError
+from backfill_quality.worker import SCORING_MODULE, ignore_signals, score_in_worker, warm_up
+
+MAX_POOL_CRASHES = 5
+"""Scoring-process crashes in a row, with no image scored in between, before the run gives up."""
+KEEP_CRASHING = (
+    "the scoring processes keep crashing; try `backfill-quality score --verbose` on one of the "
+    "images to see why"
+)
+
+
+class ScoringPool:
+    """`workers` scoring processes; a pool broken by a crash is replaced, once per breakage.
+
+    `on_give_up` receives a `BackfillError` when more than MAX_POOL_CRASHES crashes come in a row
+    with no image scored in between (the caller stops the run).
+    """
+
+    def __init__(
+        self,
+        *,
+        workers: int,
+        thresholds: Thresholds,
+        max_pixels: int,
+        on_give_up: Callable[[BackfillError], None],
+    ) -> None:
+        self.workers = workers
+        self._thresholds = thresholds
+        self._max_pixels = max_pixels
+        self._on_give_up = on_give_up
+        self._executor: ProcessPoolExecutor | None = None
+        self._crashes = 0
+        self._is_replacing = True
+
+    def start(self) -> None:
+        """Create the pool (its processes start with the first tasks, e.g. `warm_up`)."""
+        self._executor = self._new_executor()
+
+    def warm_up(self) -> None:
+        """Start every scoring process now (each loads the scoring code once), so the first
+        images do not wait for them. Blocking: run it on a helper thread."""
+        executor = self._executor
+        assert executor is not None, "start() the pool first"
+        with contextlib.suppress(RuntimeError):  # the run stopped while starting: pool shut
+            for future in [executor.submit(warm_up) for _ in range(self.workers)]:
+                future.result()
+
+    async def score(self, data: bytes) -> int:
+        """The score of one encoded image, computed in a worker process.
+
+        Raises DecodeError for unusable bytes, and BrokenProcessPool when the pool broke twice
+        under this image (the first time it is retried: a crash elsewhere may have taken it along).
+        """
+        try:
+            score = await self._score_once(data)
+        except BrokenProcessPool:
+            score = await self._score_once(data)
+        self._crashes = 0
+        return score
+
+    def stop_replacing(self) -> None:
+        """The run is being interrupted: a pool that breaks from now on stays broken."""
+        self._is_replacing = False
+
+    def shutdown(self) -> None:
+        """Stop the processes, dropping images not yet started; waits for the ones running."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+
+    async def _score_once(self, data: bytes) -> int:
+        """Score in a worker process; a broken pool is replaced (once per breakage) and the
+        error re-raised. Crash after crash with no success in between is fatal."""
+        executor = self._executor
+        assert executor is not None, "start() the pool first"
+        try:
+            return await asyncio.get_running_loop().run_in_executor(
+                executor, score_in_worker, data, self._thresholds, self._max_pixels
+            )
+        except BrokenProcessPool:
+            if executor is self._executor and self._is_replacing:
+                self._crashes += 1
+                if self._crashes > MAX_POOL_CRASHES:
+                    self._on_give_up(BackfillError(KEEP_CRASHING))
+                else:
+                    self._replace()
+            raise
+
+    def _replace(self) -> None:
+        old = self._executor
+        self._executor = self._new_executor()
+        if old is not None:
+            old.shutdown(wait=False, cancel_futures=True)
+
+    def _new_executor(self) -> ProcessPoolExecutor:
+        """Scoring processes, one per worker; forkserver, since the main process runs threads."""
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload([SCORING_MODULE])
+        return ProcessPoolExecutor(
+            max_workers=self.workers, mp_context=context, initializer=ignore_signals
+        )
