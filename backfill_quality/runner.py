@@ -89,6 +89,7 @@ class Runner:
             thresholds=settings.thresholds,
             max_pixels=settings.max_pixels,
             on_give_up=self._fail,
+            on_restart=reporter.warning,
         )
         self._started = time.monotonic()
         self._resumed_processed = 0

@@ -26,13 +26,18 @@ KEEP_CRASHING = (
     "the scoring processes keep crashing; try `backfill-quality score --verbose` on one of the "
     "images to see why"
 )
+RESTARTED = (
+    "a scoring process died (killed by the system: out of memory?); new ones were started and "
+    "the images it held are scored again"
+)
 
 
 class ScoringPool:
     """`workers` scoring processes; a pool broken by a crash is replaced, once per breakage.
 
     `on_give_up` receives a `BackfillError` when more than MAX_POOL_CRASHES crashes come in a row
-    with no image scored in between (the caller stops the run).
+    with no image scored in between (the caller stops the run); `on_restart` receives a message
+    for the user each time the pool is replaced.
     """
 
     def __init__(
@@ -42,11 +47,13 @@ class ScoringPool:
         thresholds: Thresholds,
         max_pixels: int,
         on_give_up: Callable[[BackfillError], None],
+        on_restart: Callable[[str], None] = lambda message: None,
     ) -> None:
         self.workers = workers
         self._thresholds = thresholds
         self._max_pixels = max_pixels
         self._on_give_up = on_give_up
+        self._on_restart = on_restart
         self._executor: ProcessPoolExecutor | None = None
         self._crashes = 0
         self._is_replacing = True
@@ -102,6 +109,7 @@ class ScoringPool:
                     self._on_give_up(BackfillError(KEEP_CRASHING))
                 else:
                     self._replace()
+                    self._on_restart(RESTARTED)
             raise
 
     def _replace(self) -> None:

@@ -22,11 +22,13 @@ import psycopg
 import pytest
 
 from backfill_quality.imageserver import ImageServer
+from backfill_quality.scoringpool import RESTARTED
 from tests.support.cli import CHECKPOINT_NAME, json_lines, read_checkpoint, run_cli
 from tests.support.faults import (
     BackgroundRun,
     assert_low_water_mark_honest,
     assert_written_at_most_once,
+    kill_scoring_workers,
     reset_scores,
     start_run,
     wait_until,
@@ -101,6 +103,11 @@ def resume_and_check_finished(scene: Scene, context: str) -> dict[str, Any]:
     )
     assert result.exit_code == 3, f"{context}: resume exit {result.exit_code}\n{result.output}"
     assert "Traceback" not in result.output, f"{context}: resume printed\n{result.output}"
+    return assert_job_done(scene, context)
+
+
+def assert_job_done(scene: Scene, context: str) -> dict[str, Any]:
+    """Every valid row scored right and written once, broken rows NULL and listed, finished."""
     scores = scene.table.scores()
     wrong = {
         row.id: (scores[row.id], scene.expected[row.url])
@@ -234,6 +241,24 @@ def test_a_second_sigint_exits_at_once_with_a_whole_checkpoint(scene: Scene) -> 
     assert checkpoint["finished"] is False
     assert_low_water_mark_honest(scene.table, checkpoint)
     resume_and_check_finished(scene, "after a second SIGINT")
+
+
+# --- scoring processes killed (the kernel's OOM killer) -----------------------------------------
+
+
+def test_scoring_processes_killed_mid_run_every_row_is_still_scored_once(scene: Scene) -> None:
+    run = scene.start()
+    wait_until(lambda: has_started(run), timeout_s=30, what="the run to start")
+    time.sleep(0.15)  # the first images (100 ms away) are being scored
+    killed = kill_scoring_workers(run.pid)
+    result = run.wait(timeout_s=60)
+
+    assert killed >= 1
+    assert result.exit_code == 3, result.output  # the two broken rows
+    assert "Traceback" not in result.output
+    warnings = [e["message"] for e in json_lines(result.stderr) if e["event"] == "warning"]
+    assert RESTARTED in warnings
+    assert_job_done(scene, "scoring processes killed")
 
 
 # --- SIGKILL -----------------------------------------------------------------------------------

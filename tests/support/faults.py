@@ -116,6 +116,50 @@ def wait_until(
         time.sleep(interval_s)
 
 
+# --- the scoring processes ---------------------------------------------------------------------
+
+
+def _parent_pids() -> dict[int, int]:
+    """pid -> parent pid of every process on the machine (from /proc)."""
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:  # the process ended meanwhile
+            continue
+        # the command name (field 2) may hold spaces and parentheses: split after its last ")"
+        parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    return parents
+
+
+def _is_forkserver(pid: int) -> bool:
+    try:
+        return b"multiprocessing.forkserver" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def scoring_workers(owner_pid: int) -> list[int]:
+    """The scoring processes of the process `owner_pid`: those its forkserver forked (never,
+    say, the backends of an embedded PostgreSQL that `owner_pid` started)."""
+    parents = _parent_pids()
+    children = [pid for pid, parent in parents.items() if parent == owner_pid]
+    servers = {pid for pid in children if _is_forkserver(pid)}
+    return [pid for pid, parent in parents.items() if parent in servers]
+
+
+def kill_scoring_workers(owner_pid: int) -> int:
+    """SIGKILL the scoring processes of `owner_pid` (as the kernel's OOM killer would)."""
+    killed = 0
+    for pid in scoring_workers(owner_pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+            killed += 1
+    return killed
+
+
 # --- the database side --------------------------------------------------------------------------
 
 
