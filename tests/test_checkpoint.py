@@ -403,3 +403,35 @@ def test_low_water_mark_never_passes_an_incomplete_row(data: st.DataObject, coun
         assert mark.mark == (issued[prefix - 1] if prefix else 0)
         assert mark.in_flight == len(issued) - len(done)
     assert mark.mark == (count if count else 0)
+
+
+def test_failed_images_are_one_per_line_and_the_file_is_the_same_json(tmp_path: Path) -> None:
+    path = tmp_path / "cp.json"
+    checkpoint = sample_checkpoint()
+    checkpoint.failed_images.append(
+        FailedImage(id="b7", url=f"https://u:{SECRET}@img/b7.jpg", error='HTTP 500 "x"\nok')
+    )
+    save_checkpoint(path, checkpoint)
+    save_checkpoint(path, checkpoint)  # the second save reuses each entry's encoding
+
+    text = path.read_text()
+    data = json.loads(text)
+
+    assert data | {"updatedAt": None} == checkpoint.to_json() | {"updatedAt": None}
+    entry_lines = [line for line in text.splitlines() if line.startswith('    {"id": ')]
+    assert len(entry_lines) == len(checkpoint.failed_images) == 2
+    assert SECRET not in text
+    loaded = load_checkpoint(path)
+    assert loaded is not None
+    assert loaded.failed_images[-1] == FailedImage(
+        id="b7", url="https://u:***@img/b7.jpg", error='HTTP 500 "x"\nok'
+    )
+
+
+def test_a_checkpoint_without_failures_is_valid_json(tmp_path: Path) -> None:
+    path = tmp_path / "cp.json"
+    checkpoint = Checkpoint(fingerprint="f", dry_run=False, processed=3, succeeded=3)
+    save_checkpoint(path, checkpoint)
+
+    assert json.loads(path.read_text())["failedImages"] == []
+    assert load_checkpoint(path) == checkpoint
