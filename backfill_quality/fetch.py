@@ -25,6 +25,7 @@ import random
 import re
 import socket
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from http import HTTPStatus
@@ -164,6 +165,26 @@ class RateLimiter:
             await asyncio.sleep(slot_s - now_s)
 
 
+class _Deadline:
+    """The time limit of one download attempt, which waiting for a --max-rps slot does not use:
+    with more downloads in flight than the rate allows per deadline, the wait would otherwise
+    fail healthy images as timed out."""
+
+    def __init__(self, timeout: asyncio.Timeout, limit_s: float) -> None:
+        self._timeout = timeout
+        self._loop = asyncio.get_running_loop()
+        timeout.reschedule(self._loop.time() + limit_s)
+
+    async def paused(self, wait: Awaitable[None]) -> None:
+        """Await `wait` with the clock stopped; the time left is the same afterwards."""
+        when = self._timeout.when()
+        left_s = None if when is None else when - self._loop.time()
+        self._timeout.reschedule(None)
+        await wait
+        if left_s is not None:
+            self._timeout.reschedule(self._loop.time() + left_s)
+
+
 class ImageFetcher:
     """The HTTP client of one run; an async context manager shared by all fetch tasks."""
 
@@ -213,13 +234,13 @@ class ImageFetcher:
     async def _attempt(self, url: str) -> tuple[bytes, str]:
         deadline_s = self.settings.timeout_s * DOWNLOAD_DEADLINE_FACTOR
         try:
-            async with asyncio.timeout(deadline_s):
-                return await self._follow_redirects(url)
+            async with asyncio.timeout(None) as timeout:
+                return await self._follow_redirects(url, _Deadline(timeout, deadline_s))
         except TimeoutError as exc:
             detail = f"download took longer than {deadline_s:g}s"
             raise _AttemptError("timed out", detail, retryable=True) from exc
 
-    async def _follow_redirects(self, url: str) -> tuple[bytes, str]:
+    async def _follow_redirects(self, url: str, deadline: _Deadline) -> tuple[bytes, str]:
         client = self._client
         if client is None:
             raise RuntimeError("ImageFetcher used outside 'async with'")
@@ -229,7 +250,7 @@ class ImageFetcher:
             if self.settings.deny_private_networks:
                 await ensure_public_host(current)
             if self._limiter is not None:
-                await self._limiter.acquire()
+                await deadline.paused(self._limiter.acquire())
             try:
                 async with client.stream("GET", current) as response:
                     location = response.headers.get("location")

@@ -378,6 +378,24 @@ def test_max_rps_holds_across_concurrent_tasks(image_server: ImageServer, jpeg: 
     assert image_server.hits("/img/a.jpg") == 41
 
 
+def test_waiting_for_a_rate_limit_slot_is_not_download_time(
+    image_server: ImageServer, jpeg: bytes
+) -> None:
+    """16 downloads at 4 per second: the last waits ~3.75 s for its turn, far beyond the 0.8 s
+    an attempt may take (4 x --timeout 0.2 s); the wait must not make it time out."""
+    url = image_server.url("/img/a.jpg")
+
+    async def run() -> tuple[list[Fetched], float]:
+        async with ImageFetcher(settings(max_rps=4.0, concurrency=16, timeout_s=0.2)) as fetcher:
+            started = time.monotonic()
+            fetched = await asyncio.gather(*(fetcher.fetch(url) for _ in range(16)))
+            return fetched, time.monotonic() - started
+
+    fetched, elapsed_s = asyncio.run(run())
+    assert [(f.data, f.attempts) for f in fetched] == [(jpeg, 1)] * 16
+    assert 3.7 <= elapsed_s < 5.0
+
+
 def test_rate_limiter_slots_are_evenly_spaced() -> None:
     async def run() -> list[float]:
         limiter = RateLimiter(50.0)
