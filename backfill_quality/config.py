@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -146,6 +147,43 @@ class RunSettings:
             raise ConfigError("--restart cannot be combined with --resume or --retry-failed")
         if self.workers is not None and self.workers < 1:
             raise ConfigError("--workers must be at least 1")
+
+
+CGROUP_V2_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
+CGROUP_V1_CPU = Path("/sys/fs/cgroup/cpu")
+
+
+def available_cpus(
+    cgroup_v2_cpu_max: Path = CGROUP_V2_CPU_MAX, cgroup_v1_cpu: Path = CGROUP_V1_CPU
+) -> int:
+    """The CPUs this process may use, the default number of scoring processes: its affinity
+    mask (taskset, cpusets), capped by a container's CPU quota rounded up. os.cpu_count() counts
+    the whole host: a pod limited to 2 CPUs on a 64-core node would start 64 processes."""
+    try:
+        count = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        count = os.cpu_count() or 1
+    quota = _cgroup_cpu_quota(cgroup_v2_cpu_max, cgroup_v1_cpu)
+    if quota is not None:
+        count = min(count, math.ceil(quota))
+    return max(1, count)
+
+
+def _cgroup_cpu_quota(cgroup_v2_cpu_max: Path, cgroup_v1_cpu: Path) -> float | None:
+    """CPUs allowed by the cgroup's quota (v2 `cpu.max`, else v1 CFS files); None: no quota."""
+    try:
+        quota, period = cgroup_v2_cpu_max.read_text().split()[:2]
+    except (OSError, ValueError):
+        try:
+            quota = (cgroup_v1_cpu / "cpu.cfs_quota_us").read_text().strip()
+            period = (cgroup_v1_cpu / "cpu.cfs_period_us").read_text().strip()
+        except OSError:
+            return None
+    try:
+        quota_us, period_us = int(quota), int(period)
+    except ValueError:  # "max": no quota
+        return None
+    return quota_us / period_us if quota_us > 0 and period_us > 0 else None
 
 
 def database_url_from_env() -> str:

@@ -28,7 +28,7 @@ from backfill_quality.checkpoint import (
     make_fingerprint,
     save_checkpoint,
 )
-from backfill_quality.config import RunSettings
+from backfill_quality.config import RunSettings, available_cpus
 from backfill_quality.dbsession import DatabaseSession
 from backfill_quality.errors import BackfillError, DecodeError, FetchError
 from backfill_quality.fetch import ImageFetcher
@@ -85,7 +85,7 @@ class Runner:
         self._issuer: asyncio.Task[None] | None = None
         self._state: _State | None = None
         self._pool = ScoringPool(
-            workers=settings.workers or os.cpu_count() or 1,
+            workers=settings.workers or available_cpus(),
             thresholds=settings.thresholds,
             max_pixels=settings.max_pixels,
             on_give_up=self._fail,

@@ -158,7 +158,8 @@ ShardCount = Annotated[
     ),
 ]
 Workers = Annotated[
-    int | None, typer.Option(min=1, help="Scoring processes (default: one per core).")
+    int | None,
+    typer.Option(min=1, help="Scoring processes (default: one per CPU this process may use)."),
 ]
 Quiet = Annotated[
     bool,
