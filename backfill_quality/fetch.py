@@ -25,6 +25,7 @@ import random
 import re
 import socket
 import time
+import urllib.request
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -305,6 +306,16 @@ class _ImageClient(httpx.AsyncClient):
 _NO_COOKIES = _NoCookies()
 
 
+def proxy_configured() -> bool:
+    """Whether the environment names a proxy (HTTP_PROXY, HTTPS_PROXY or ALL_PROXY, any case).
+
+    LeanTransport only talks to the image hosts themselves, so behind a proxy the client keeps
+    httpx's own transport, which honours these variables and NO_PROXY (at httpcore's CPU cost).
+    """
+    proxies = urllib.request.getproxies()
+    return any(scheme in proxies for scheme in ("http", "https", "all"))
+
+
 def build_client(
     settings: FetchSettings, *, transport: httpx.AsyncBaseTransport | None = None
 ) -> httpx.AsyncClient:
@@ -313,7 +324,7 @@ def build_client(
     httpcore's pool costs several times the CPU of the request itself, so the default transport
     is our own (backfill_quality.transport; see bench/fetch_client.py).
     """
-    if transport is None:
+    if transport is None and not proxy_configured():
         transport = LeanTransport(
             max_connections=settings.concurrency,
             keepalive_expiry_s=KEEPALIVE_EXPIRY_S,

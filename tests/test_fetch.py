@@ -22,6 +22,7 @@ from backfill_quality.fetch import (
     fetch_one,
     is_blocked_address,
     parse_retry_after,
+    proxy_configured,
     validate_url,
 )
 from backfill_quality.imageserver import ImageServer
@@ -89,6 +90,28 @@ def test_cookies_set_by_an_image_host_are_never_sent_back(
     assert asyncio.run(run()) == [jpeg] * 4
     assert image_server.hits("/set-cookie/0") == 1
     assert image_server.cookie_hits() == 0
+
+
+def test_an_http_proxy_from_the_environment_is_used(
+    image_server: ImageServer, jpeg: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the test server answers a proxy's absolute-form request for any host by its path
+    monkeypatch.setenv("HTTP_PROXY", image_server.base_url)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    assert proxy_configured()
+
+    result = fetch("http://bird-cdn.invalid/img/a.jpg")
+
+    assert result.data == jpeg
+    assert image_server.hits("/img/a.jpg") == 1
+
+
+def test_without_a_proxy_the_lean_transport_is_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+    assert not proxy_configured()
 
 
 def test_body_that_is_not_an_image_is_returned_as_bytes(image_server: ImageServer) -> None:
