@@ -224,14 +224,16 @@ class Runner:
         next_read: asyncio.Task[list[ImageRow]] | None = asyncio.create_task(
             self._read_page(session, cursor, id_range)
         )
+        is_short_page = False  # a page shorter than --batch-size: the table has no more rows
         while next_read is not None:
             page_rows = await next_read
             next_read = None
+            is_short_page = len(page_rows) < s.batch_size
             rows = [row for row in page_rows if row.id not in self._skip_ids]
             if left is not None:
                 rows = rows[:left]
                 left -= len(rows)
-            if len(page_rows) == s.batch_size and (left is None or left > 0):
+            if not is_short_page and (left is None or left > 0):
                 next_read = asyncio.create_task(
                     self._read_page(session, page_rows[-1].id, id_range)
                 )
@@ -251,7 +253,7 @@ class Runner:
                 while not page.is_done:
                     await asyncio.sleep(0.01)
                 await asyncio.sleep(s.delay_ms / 1000)
-        state.is_exhausted = left is None or left > 0
+        state.is_exhausted = is_short_page or left is None or left > 0
 
     async def _read_page(
         self,

@@ -117,6 +117,18 @@ def test_limit_stops_early_and_resume_finishes(
     assert all(s is not None for s in scores(database_url))
 
 
+def test_a_limit_that_reaches_the_end_of_the_table_finishes_the_run(
+    database_url: str, tmp_path: Path, bird_url: str
+) -> None:
+    fill(database_url, [bird_url] * 7)
+    first, _ = run(database_url, tmp_path, batch_size=5, limit=7)  # pages of 5 and 2
+    assert first.processed == 7
+    checkpoint = load_checkpoint(tmp_path / "progress.json")
+    assert checkpoint is not None and checkpoint.finished
+    second, _ = run(database_url, tmp_path, batch_size=5)  # not refused: nothing was left
+    assert second.processed == 0
+
+
 def test_dry_run_writes_nothing_and_keeps_its_own_checkpoint(
     database_url: str, tmp_path: Path, bird_url: str
 ) -> None:
