@@ -153,7 +153,11 @@ class Runner:
         if checkpoint.failed_images:
             # rows that failed past the mark are met again: count them once, when they are
             ids = [f.id for f in checkpoint.failed_images]
-            past = set(ids) if mark is None else db.ids_after(conn, s.target, ids, mark)
+            past = (
+                set(ids)
+                if mark is None
+                else db.ids_after(conn, s.target, ids, mark, id_type=id_type)
+            )
             checkpoint.forget_failures(past)
         self._resumed_processed = checkpoint.processed
         id_range = db.key_range_for_shard(conn, s.target, id_type, s.shard) if s.shard else None

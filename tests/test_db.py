@@ -291,6 +291,61 @@ def test_page_query_uses_the_partial_index_with_many_scored_rows_ahead(
     assert db.count_unscored(migrated, DEFAULT, after_id=cursor) == 90
 
 
+# --- failed rows past the mark (resume) -------------------------------------------------------
+
+
+def test_ids_after_finds_failed_rows_through_the_primary_key_index(
+    migrated: psycopg.Connection[Any],
+) -> None:
+    migrated.execute(
+        "INSERT INTO images (url) SELECT 'http://h/' || g FROM generate_series(1, 20000) g"
+    )
+    migrated.execute("ANALYZE images")
+    keys = unscored_ids(migrated, DEFAULT)
+    failed = [keys[10], keys[5000], keys[19999]]
+
+    plan = db.explain_ids_after(migrated, DEFAULT, failed, keys[100], id_type="uuid")
+
+    assert "images_pkey" in plan, plan
+    assert "Seq Scan" not in plan, plan
+    assert db.ids_after(migrated, DEFAULT, failed, keys[100]) == {keys[5000], keys[19999]}
+
+
+def test_ids_after_on_an_integer_key_uses_the_index_too(conn: psycopg.Connection[Any]) -> None:
+    target = Target(table="photos")
+    make_table(conn, target, KEY_TYPES["bigint"], 20000, every_scored=2)
+    conn.execute("ANALYZE photos")
+
+    plan = db.explain_ids_after(conn, target, [7, 12000, 19999], 3, id_type="bigint")
+
+    assert "photos_pkey" in plan and "Seq Scan" not in plan, plan
+
+
+@pytest.mark.parametrize("key", ["uuid", "integer", "bigint", "text", "varchar"])
+def test_ids_after_keeps_the_failed_rows_past_the_mark_in_key_order(
+    conn: psycopg.Connection[Any], key: str
+) -> None:
+    target = Target(table="photos")
+    key_sql = KEY_TYPES.get(key, "varchar(40) PRIMARY KEY DEFAULT md5(random()::text)")
+    make_table(conn, target, key_sql, 40, every_scored=3)
+    if key in ("text", "varchar"):  # case and accents: the collation decides, not Python
+        for extra in ("a", "B", "b", "Z", "ä", "10", "9"):
+            conn.execute("INSERT INTO photos (id, url) VALUES (%s, 'u')", (extra,))
+    keys = [k for (k,) in conn.execute("SELECT id FROM photos ORDER BY id").fetchall()]
+    keys = [k if isinstance(k, int) else str(k) for k in keys]
+    id_type = db.check_target(conn, target)
+    mark = keys[len(keys) // 2]
+    failed = keys[::4]
+    missing: RowId = 10**9 if isinstance(mark, int) else str(uuid.uuid4())
+    expected = {k for k in failed if keys.index(k) > keys.index(mark)}
+
+    found = db.ids_after(conn, target, [*failed, missing], mark, id_type=id_type)
+
+    assert found == expected and 0 < len(found) < len(failed)
+    assert db.ids_after(conn, target, failed, mark) == expected  # the id type looked up
+    assert db.ids_after(conn, target, [], mark, id_type=id_type) == set()
+
+
 # --- writing -----------------------------------------------------------------------------------
 
 
@@ -372,7 +427,8 @@ def test_the_audit_would_catch_a_page_committed_as_one_transaction(
 # --- a hostile identifier ----------------------------------------------------------------------
 
 
-def test_hostile_names_are_plain_identifiers(conn: psycopg.Connection[Any]) -> None:
+def test_hostile_names_are_plain_identifiers(migrated: psycopg.Connection[Any]) -> None:
+    conn = migrated
     conn.execute("CREATE TABLE x (keep int)")
     target = Target(
         table='images"; DROP TABLE x; --',
@@ -390,6 +446,9 @@ def test_hostile_names_are_plain_identifiers(conn: psycopg.Connection[Any]) -> N
     assert db.score_histogram(conn, target) == [0, 0, 0, 0, 6, 0, 0, 0, 24, 0]
     assert "Limit" in db.explain_page_query(conn, target, after_id=3)
     assert db.key_range_for_shard(conn, target, "integer", Shard(1, 2)) == (16, None)
+    assert db.ids_after(conn, target, [3, 4, 30], 3) == {4, 30}
+    plan = conn.execute("SELECT target FROM backfill_quality_shard_plan").fetchall()
+    assert plan == [('public."images""; DROP TABLE x; --"."id\'); DROP TABLE x; --"',)]
     assert conn.execute("SELECT count(*) FROM x").fetchone() == (0,)
 
 
@@ -436,8 +495,9 @@ def test_uuid_shards_are_contiguous_and_cover_the_space(
 
 @pytest.mark.parametrize(("key", "count"), [("uuid", 3), ("integer", 4), ("bigint", 1)])
 def test_shards_page_disjoint_slices_covering_all_rows(
-    conn: psycopg.Connection[Any], key: str, count: int
+    migrated: psycopg.Connection[Any], key: str, count: int
 ) -> None:
+    conn = migrated
     target = Target(table="photos")
     make_table(conn, target, KEY_TYPES[key], 300, every_scored=7)
     id_type = db.check_target(conn, target)
@@ -454,8 +514,9 @@ def test_shards_page_disjoint_slices_covering_all_rows(
 
 
 def test_integer_shards_on_an_empty_table_still_cover_everything(
-    conn: psycopg.Connection[Any],
+    migrated: psycopg.Connection[Any],
 ) -> None:
+    conn = migrated
     target = Target(table="photos")
     make_table(conn, target, KEY_TYPES["integer"], 0, every_scored=1)
     ranges = [db.key_range_for_shard(conn, target, "integer", Shard(k, 3)) for k in range(3)]

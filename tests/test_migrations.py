@@ -17,6 +17,7 @@ ALL_MIGRATIONS = [
     "002_quality_score.sql",
     "003_unscored_index.sql",
     "004_notify_trigger.sql",
+    "005_shard_plan.sql",
 ]
 
 
@@ -66,6 +67,26 @@ def test_sql_itself_is_idempotent_without_the_tracking_table(
     conn.execute("DROP TABLE backfill_quality_migrations")
     assert db.apply_migrations(conn) == ALL_MIGRATIONS
     assert schema_snapshot(conn) == before
+
+
+def test_a_database_migrated_by_an_older_version_gets_only_the_shard_plan(
+    conn: psycopg.Connection[Any],
+) -> None:
+    db.apply_migrations(conn)
+    conn.execute("DROP TABLE backfill_quality_shard_plan")
+    conn.execute("DELETE FROM backfill_quality_migrations WHERE name = '005_shard_plan.sql'")
+
+    assert db.apply_migrations(conn) == ["005_shard_plan.sql"]
+
+    conn.execute(
+        "INSERT INTO backfill_quality_shard_plan (target, shard_count, low, high)"
+        " VALUES ('public.images.id', 4, 1, 100)"
+    )
+    with pytest.raises(psycopg.errors.UniqueViolation):
+        conn.execute(
+            "INSERT INTO backfill_quality_shard_plan (target, shard_count, low, high)"
+            " VALUES ('public.images.id', 4, 5, 500)"
+        )
 
 
 def test_schema_matches_the_original_migration_015(conn: psycopg.Connection[Any]) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+import threading
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -13,6 +15,7 @@ import pytest
 
 from backfill_quality import db
 from backfill_quality.config import Shard, Target
+from backfill_quality.errors import ConfigError
 from backfill_quality.imageserver import ImageServer
 from tests.support.cli import CliResult, json_lines, read_checkpoint, run_cli
 from tests.support.table import UserTable, apply_migrations, serve_valid_images
@@ -106,6 +109,7 @@ def test_four_workers_score_every_row_exactly_once_each_in_its_own_slice(
 def test_integer_keys_are_split_into_contiguous_ranges_of_min_to_max(
     tmp_path: Path, database_url: str, image_server: ImageServer
 ) -> None:
+    apply_migrations(database_url)  # the shard plan table (005)
     table = UserTable(database_url, name="photos", id_type="integer").create().install_audit()
     expected = serve_valid_images(image_server, 60)
     rows = table.insert(list(expected))  # keys 7, 14, …, 420
@@ -120,6 +124,142 @@ def test_integer_keys_are_split_into_contiguous_ranges_of_min_to_max(
         ids = sorted(int(i) for i in scored_ids(result))
         lo, hi = 7 + index * span // 3, 7 + (index + 1) * span // 3
         assert ids and lo <= ids[0] and ids[-1] < hi, (index, ids)
+
+
+def run_shard(
+    tmp_path: Path, database_url: str, table: UserTable, index: int, count: int
+) -> CliResult:
+    return run_cli(
+        "run",
+        "--shard",
+        f"{index}/{count}",
+        "--log-format",
+        "json",
+        "--verbose",
+        *FAST,
+        *table.cli_options(),
+        cwd=tmp_path,
+        database_url=database_url,
+        timeout_s=90,
+    )
+
+
+def test_integer_workers_started_apart_while_rows_arrive_leave_no_gap(
+    tmp_path: Path, database_url: str, image_server: ImageServer
+) -> None:
+    apply_migrations(database_url)
+    table = UserTable(database_url, name="photos", id_type="integer").create().install_audit()
+    expected = serve_valid_images(image_server, 60)
+    urls = list(expected)
+    early = table.insert(urls[:20])  # keys 7 … 140
+
+    first = run_shard(tmp_path, database_url, table, 0, 2)  # slices min..max = 7..140
+    late = table.insert(urls[20:])  # keys 147 … 420, after the first worker started
+    second = run_shard(tmp_path, database_url, table, 1, 2)
+
+    assert [first.exit_code, second.exit_code] == [0, 0], (first.stderr, second.stderr)
+    for index in (0, 1):
+        assert read_checkpoint(shard_checkpoint(tmp_path, index, 2))["finished"] is True
+    middle = 7 + (140 - 7 + 1) // 2  # shard 1/2 starts here, as the first worker planned
+    naive_start = 7 + (420 - 7 + 1) // 2  # where bounds read by the second worker would start
+    gap = {r.id for r in early + late if middle <= int(r.id) < naive_start}
+    assert len(gap) == 20  # the rows the audit found unscored
+    scores = table.scores()
+    assert {r.id: scores[r.id] for r in early + late} == {
+        r.id: expected[r.url] for r in early + late
+    }
+    audit = table.audit_writes()
+    assert len(audit) == 60 and set(audit.values()) == {1}
+    assert {int(i) for i in scored_ids(first)} == {int(r.id) for r in early if int(r.id) < middle}
+    assert {int(i) for i in scored_ids(second)} == {
+        int(r.id) for r in early + late if int(r.id) >= middle
+    }
+    with psycopg.connect(database_url) as conn:
+        plan = conn.execute(
+            "SELECT target, shard_count, low, high FROM backfill_quality_shard_plan"
+        )
+        assert plan.fetchall() == [("public.photos.id", 2, 7, 140)]
+
+
+def test_integer_bounds_are_recorded_once_and_reused_until_reset(database_url: str) -> None:
+    apply_migrations(database_url)
+    table = UserTable(database_url, name="photos", id_type="integer").create()
+    table.insert([f"http://127.0.0.1:9/{n}.jpg" for n in range(10)])  # keys 7 … 70
+    target = Target(table="photos")
+    with db.connect(database_url) as conn:
+        first = db.key_range_for_shard(conn, target, "bigint", Shard(0, 2))
+        table.insert([f"http://127.0.0.1:9/late-{n}.jpg" for n in range(90)])  # up to 700
+        again = [db.key_range_for_shard(conn, target, "bigint", Shard(k, 2)) for k in (0, 1)]
+        three = [db.key_range_for_shard(conn, target, "bigint", Shard(k, 3)) for k in range(3)]
+        recorded = conn.execute(
+            "SELECT shard_count, low, high FROM backfill_quality_shard_plan ORDER BY shard_count"
+        ).fetchall()
+        conn.execute("DELETE FROM backfill_quality_shard_plan")
+        reset = db.key_range_for_shard(conn, target, "bigint", Shard(0, 2))
+
+    assert first == (None, 39) and again == [(None, 39), (39, None)]
+    assert three == [(None, 238), (238, 469), (469, None)]  # N = 3 has its own plan
+    assert recorded == [(2, 7, 70), (3, 7, 700)]
+    assert reset == (None, 7 + (700 - 7 + 1) // 2)
+
+
+def test_a_worker_that_starts_while_the_plan_is_written_uses_that_plan(
+    database_url: str,
+) -> None:
+    apply_migrations(database_url)
+    table = UserTable(database_url, name="photos", id_type="integer").create()
+    table.insert([f"http://127.0.0.1:9/{n}.jpg" for n in range(10)])  # keys 7 … 70
+    result: list[Any] = []
+    with (
+        psycopg.connect(database_url) as first,
+        db.connect(database_url) as second,
+        db.connect(database_url) as observer,
+    ):
+        first.execute(  # the first worker's plan, not committed yet
+            "INSERT INTO backfill_quality_shard_plan (target, shard_count, low, high)"
+            " VALUES ('public.photos.id', 2, 100, 300)"
+        )
+        pid = second.info.backend_pid
+
+        def start_second() -> None:
+            result.append(
+                db.key_range_for_shard(second, Target(table="photos"), "bigint", Shard(1, 2))
+            )
+
+        worker = threading.Thread(target=start_second)
+        worker.start()
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            waiting = observer.execute(
+                "SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s", (pid,)
+            ).fetchone()
+            if waiting == ("Lock",):
+                break
+            time.sleep(0.02)
+        assert waiting == ("Lock",), "the second worker did not wait for the first one's plan"
+        first.commit()
+        worker.join(timeout=5)
+
+    assert result == [(200, None)]
+
+
+def test_integer_shards_without_the_plan_table_say_to_run_migrate(
+    tmp_path: Path, database_url: str
+) -> None:
+    table = UserTable(database_url, name="photos", id_type="integer").create()
+    table.insert(["http://127.0.0.1:9/a.jpg"])
+
+    result = run_cli(
+        "run", "--shard", "1/2", *table.cli_options(), cwd=tmp_path, database_url=database_url
+    )
+
+    assert result.exit_code == 2, result.output
+    assert "backfill_quality_shard_plan" in result.stderr
+    assert "backfill-quality migrate" in result.stderr
+    assert "Traceback" not in result.output
+    assert table.scores() == {table.rows[0].id: None}
+    with db.connect(database_url) as conn, pytest.raises(ConfigError, match="migrate"):
+        db.key_range_for_shard(conn, Target(table="photos"), "bigint", Shard(0, 2))
 
 
 def test_text_keys_cannot_be_sharded_and_the_error_says_what_to_do(

@@ -6,27 +6,27 @@ Callers use `from backfill_quality import db` and `db.<name>`; the submodules ow
 
 - `connection`: connecting, password redaction, psycopg errors translated (`_translate`)
 - `schema`: the target table (quoted name, column and key checks) and the migrations
-- `pages`: keyset page queries, counts and estimates of the rows left, shard key ranges
+- `pages`: keyset page queries, counts and estimates of the rows left
+- `shards`: shard key ranges (integer keys: from the shard plan table, migration 005)
 - `writes`: the pipelined per-row score UPDATEs, and the demo's seed rows
 - `status`: monitoring SQL for `status` (categories, histograms, exact counts, estimates)
 - `watch`: LISTEN/NOTIFY for watch mode
 
-Submodules import downwards only: connection <- schema <- pages <- status; writes and watch
-use connection and schema.
+Submodules import downwards only: connection <- schema <- pages <- status, pages <- shards;
+writes and watch use connection and schema.
 """
 
 from backfill_quality.db.connection import connect, describe_database, is_retryable, redact_url
 from backfill_quality.db.pages import (
     EXACT_COUNT_LIMIT,
     EXACT_COUNT_TIMEOUT_MS,
-    UUID_SPACE,
     IdRange,
     count_unscored,
     estimate_unscored,
+    explain_ids_after,
     explain_page_query,
     fetch_page,
     ids_after,
-    key_range_for_shard,
 )
 from backfill_quality.db.schema import (
     INTEGER_ID_TYPES,
@@ -39,6 +39,13 @@ from backfill_quality.db.schema import (
     applied_migrations,
     apply_migrations,
     check_target,
+)
+from backfill_quality.db.shards import (
+    SHARD_PLAN_TABLE,
+    UUID_SPACE,
+    key_range_for_shard,
+    plan_target,
+    shard_plan_bounds,
 )
 from backfill_quality.db.status import (
     ScoreBuckets,
@@ -63,6 +70,7 @@ __all__ = [
     "MIGRATIONS_LOCK_KEY",
     "MIGRATIONS_TABLE",
     "SCORE_TYPES",
+    "SHARD_PLAN_TABLE",
     "SUPPORTED_ID_TYPES",
     "TEXT_ID_TYPES",
     "URL_TYPES",
@@ -80,6 +88,7 @@ __all__ = [
     "estimate_score_buckets",
     "estimate_table_rows",
     "estimate_unscored",
+    "explain_ids_after",
     "explain_page_query",
     "fetch_page",
     "has_notify_trigger",
@@ -87,10 +96,12 @@ __all__ = [
     "is_retryable",
     "key_range_for_shard",
     "listen",
+    "plan_target",
     "redact_url",
     "replace_demo_rows",
     "score_distribution",
     "score_histogram",
+    "shard_plan_bounds",
     "wait_for_notifications",
     "write_score_results",
     "write_scores",

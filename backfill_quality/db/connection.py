@@ -144,7 +144,7 @@ def _translated(action: str) -> Iterator[None]:
 
 
 def _raw(
-    conn: psycopg.Connection[Any], query: sql.Composed, params: Sequence[Any]
+    conn: psycopg.Connection[Any], query: sql.SQL | sql.Composed, params: Sequence[Any]
 ) -> psycopg.RawCursor[Any]:
     """Execute with PostgreSQL's own $n placeholders: psycopg does not escape a '%' inside an
     sql.Identifier, so a '%'-style query breaks on a column named like "u%s"."""

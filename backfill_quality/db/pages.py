@@ -1,26 +1,33 @@
-"""The rows to score: keyset page queries, counts of the rows left, shard key ranges."""
+"""The rows to score: keyset page queries, counts and estimates of the rows left."""
 
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Sequence
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
-from backfill_quality.config import Shard, Target
+from backfill_quality.config import Target
 from backfill_quality.db.connection import _raw, _translate, _translated
-from backfill_quality.db.schema import INTEGER_ID_TYPES, _table, _table_label
-from backfill_quality.errors import ConfigError
+from backfill_quality.db.schema import _table, _table_label, check_target
 from backfill_quality.models import ImageRow, RowId
 
 EXACT_COUNT_LIMIT = 2_000_000
 EXACT_COUNT_TIMEOUT_MS = 3000
-UUID_SPACE = 1 << 128
 
 IdRange = tuple[RowId | None, RowId | None]
+
+# id column type (as check_target names it) -> the element type of an array of such keys
+_KEY_ARRAY_ELEMENT = {
+    "uuid": "uuid",
+    "smallint": "smallint",
+    "integer": "integer",
+    "bigint": "bigint",
+    "text": "text",
+    "character varying": "character varying",
+}
 
 
 # --- reading pages ---------------------------------------------------------------------------
@@ -64,20 +71,56 @@ def _row_id(value: Any) -> RowId:
     return str(value)
 
 
+def _key_array_type(id_type: str) -> sql.SQL:
+    """The SQL array type of keys of this id column type (a fixed whitelist, never user text)."""
+    element = _KEY_ARRAY_ELEMENT.get(id_type)
+    if element is None:
+        raise ValueError(f"unsupported id column type {id_type!r}")
+    return sql.SQL(element + "[]")
+
+
+def _ids_after_query(target: Target, id_type: str) -> sql.Composed:
+    key = sql.Identifier(target.id_column)
+    return sql.SQL(
+        "SELECT {key} FROM {table} WHERE {key} = ANY($1::{array}) AND {key} > $2"
+    ).format(key=key, table=_table(target), array=_key_array_type(id_type))
+
+
 def ids_after(
-    conn: psycopg.Connection[Any], target: Target, ids: Sequence[RowId], after_id: RowId
+    conn: psycopg.Connection[Any],
+    target: Target,
+    ids: Sequence[RowId],
+    after_id: RowId,
+    *,
+    id_type: str | None = None,
 ) -> set[RowId]:
     """Which of `ids` sort after `after_id` in the table's key order (the database decides:
-    text keys follow its collation, not Python's)."""
+    text keys follow its collation, not Python's).
+
+    The keys are compared in the column's own type (`id_type`, as `check_target` returns it;
+    looked up when not given), so the primary key index finds them: no scan past the mark.
+    """
     if not ids:
         return set()
-    key = sql.Identifier(target.id_column)
-    query = sql.SQL("SELECT {key} FROM {table} WHERE {key}::text = ANY($1) AND {key} > $2").format(
-        key=key, table=_table(target)
-    )
+    query = _ids_after_query(target, id_type or check_target(conn, target))
     with _translated(f"reading failed rows of {_table_label(target)!r}"):
         rows = _raw(conn, query, [[str(i) for i in ids], after_id]).fetchall()
     return {_row_id(row_id) for (row_id,) in rows}
+
+
+def explain_ids_after(
+    conn: psycopg.Connection[Any],
+    target: Target,
+    ids: Sequence[RowId],
+    after_id: RowId,
+    *,
+    id_type: str,
+) -> str:
+    """EXPLAIN text of the `ids_after` query with these values (for tests)."""
+    query = sql.SQL("EXPLAIN {}").format(_ids_after_query(target, id_type))
+    with _translated("explaining the failed rows query"):
+        rows = _raw(conn, query, [[str(i) for i in ids], after_id]).fetchall()
+    return "\n".join(str(row[0]) for row in rows)
 
 
 def fetch_page(
@@ -160,45 +203,3 @@ def count_unscored(
     except psycopg.Error as exc:
         raise _translate(exc, "counting the rows left") from exc
     return int(row[0]) if row else 0
-
-
-# --- shards ------------------------------------------------------------------------------------
-
-
-def _slice_bounds(lowest: int, span: int, shard: Shard) -> tuple[int | None, int | None]:
-    """Bounds of slice K of N over [lowest, lowest + span): open at both outer ends."""
-    lo = None if shard.index == 0 else lowest + shard.index * span // shard.count
-    last = shard.index == shard.count - 1
-    hi = None if last else lowest + (shard.index + 1) * span // shard.count
-    return lo, hi
-
-
-def key_range_for_shard(
-    conn: psycopg.Connection[Any], target: Target, id_type: str, shard: Shard
-) -> IdRange:
-    """Contiguous [lo, hi) slice of the key space for worker K of N (None: open end).
-
-    uuid keys: equal slices of the 128-bit space (stable, needs no query). Integer keys: equal
-    slices of min..max as read now; the first and last slices are open, so rows outside that
-    range are still covered. Text keys cannot be split evenly: ConfigError.
-    """
-    if id_type == "uuid":
-        lo, hi = _slice_bounds(0, UUID_SPACE, shard)
-        return (
-            None if lo is None else str(uuid.UUID(int=lo)),
-            None if hi is None else str(uuid.UUID(int=hi)),
-        )
-    if id_type in INTEGER_ID_TYPES:
-        query = sql.SQL("SELECT min({id}), max({id}) FROM {table}").format(
-            id=sql.Identifier(target.id_column), table=_table(target)
-        )
-        with _translated(f"reading the key range of {_table_label(target)!r}"):
-            row = conn.execute(query).fetchone()
-        lowest = int(row[0]) if row and row[0] is not None else 0
-        highest = int(row[1]) if row and row[1] is not None else lowest
-        return _slice_bounds(lowest, highest - lowest + 1, shard)
-    raise ConfigError(
-        f"--shard: the id column {target.id_column!r} has type {id_type}; only uuid and integer"
-        " keys can be split into contiguous shards. Run without --shard (one worker), or shard"
-        " on a uuid or integer key column with --id-column"
-    )
