@@ -2,8 +2,9 @@
 -- Safe on a large live table: the nullable column without a default is a catalog-only change,
 -- the CHECK constraint is added NOT VALID (brief lock, no scan) and validated afterwards
 -- (SHARE UPDATE EXCLUSIVE: reads and writes go on), the index is built CONCURRENTLY.
--- Every statement is idempotent; lock_timeout keeps us from queueing behind long transactions.
-SET lock_timeout = '10s';
+-- Every statement is idempotent. A short lock_timeout keeps a statement that needs a strong lock
+-- from queueing (and holding up every query behind it) for long behind a long transaction.
+SET lock_timeout = '2s';  -- then `migrate` pauses and runs the file again
 
 ALTER TABLE images ADD COLUMN IF NOT EXISTS quality_score INTEGER;
 
@@ -35,6 +36,9 @@ BEGIN
     END IF;
 END
 $$;
+
+-- A CONCURRENTLY build blocks no one while it waits for older transactions to end.
+SET lock_timeout = '10s';
 
 CREATE INDEX CONCURRENTLY IF NOT EXISTS idx_images_quality_score
     ON images (quality_score DESC) WHERE quality_score IS NOT NULL;

@@ -10,7 +10,7 @@
 --
 -- Cheap: one catalog change (brief SHARE ROW EXCLUSIVE lock, bounded by lock_timeout), no scan,
 -- no rewrite. Idempotent: the function is replaced, the triggers created only when absent.
-SET lock_timeout = '10s';
+SET lock_timeout = '2s';  -- then `migrate` pauses and runs the file again
 
 CREATE OR REPLACE FUNCTION backfill_quality_reset_on_url_change() RETURNS trigger
 LANGUAGE plpgsql AS $$

@@ -10,7 +10,7 @@
 -- database is implicit. Reset before a new backfill: DELETE FROM backfill_quality_shard_plan;
 --
 -- Cheap and idempotent: a new, empty table, created only if absent.
-SET lock_timeout = '10s';
+SET lock_timeout = '2s';  -- then `migrate` pauses and runs the file again
 
 CREATE TABLE IF NOT EXISTS backfill_quality_shard_plan (
     target text NOT NULL,

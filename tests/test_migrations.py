@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -249,6 +251,50 @@ def test_a_failing_statement_is_reported_and_the_file_not_recorded(
     recorded = conn.execute("SELECT name FROM backfill_quality_migrations").fetchall()
     assert recorded == [("001_images_table.sql",)]
     assert conn.execute("SHOW lock_timeout").fetchone() == ("0",)
+
+
+def hold_lock_on_images(database_url: str, seconds: float, locked: threading.Event) -> None:
+    with psycopg.connect(database_url) as other, other.transaction():
+        other.execute("LOCK TABLE images IN ACCESS EXCLUSIVE MODE")
+        locked.set()
+        time.sleep(seconds)
+
+
+def test_a_lock_held_elsewhere_is_waited_for_briefly_then_the_file_retried(
+    conn: psycopg.Connection[Any], database_url: str
+) -> None:
+    conn.execute("CREATE TABLE images (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), url text)")
+    locked = threading.Event()
+    holder = threading.Thread(target=hold_lock_on_images, args=(database_url, 3.0, locked))
+    holder.start()
+    try:
+        assert locked.wait(10)
+        started = time.monotonic()
+        applied = db.apply_migrations(conn, lock_retry_delays_s=(0.5, 1.0, 1.0, 2.0))
+        waited_s = time.monotonic() - started
+    finally:
+        holder.join()
+
+    assert applied == ALL_MIGRATIONS  # 002 (ALTER TABLE) waited out the lock, then went through
+    assert waited_s >= 2.5
+    assert conn.execute("SHOW lock_timeout").fetchone() == ("0",)
+
+
+def test_a_lock_held_longer_than_every_retry_is_a_clear_error(
+    conn: psycopg.Connection[Any], database_url: str
+) -> None:
+    conn.execute("CREATE TABLE images (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), url text)")
+    locked = threading.Event()
+    holder = threading.Thread(target=hold_lock_on_images, args=(database_url, 6.0, locked))
+    holder.start()
+    try:
+        assert locked.wait(10)
+        with pytest.raises(DatabaseError, match=r"002_quality_score\.sql.*lock"):
+            db.apply_migrations(conn, lock_retry_delays_s=(0.1,))
+    finally:
+        holder.join()
+    recorded = conn.execute("SELECT name FROM backfill_quality_migrations ORDER BY name")
+    assert recorded.fetchall() == [("001_images_table.sql",)]
 
 
 def test_migrations_need_an_autocommit_connection(database_url: str) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Sequence
 from typing import Any
 
 import psycopg
@@ -19,6 +21,9 @@ SCORE_TYPES = frozenset({"smallint", "integer", "bigint"})
 URL_TYPES = frozenset({"text", "character varying", "character"})
 MIGRATIONS_TABLE = "backfill_quality_migrations"
 MIGRATIONS_LOCK_KEY = 0x6266_7175_616C  # pg_advisory_lock key: two `migrate` runs never race
+LOCK_RETRY_DELAYS_S = (1.0, 2.0, 4.0, 8.0)
+"""Pauses before running a migration file again after a statement gave up waiting for a lock
+(2 s each time): about half a minute in all for another session's transaction to end."""
 
 
 # --- the target table --------------------------------------------------------------------------
@@ -130,10 +135,16 @@ def applied_migrations(conn: psycopg.Connection[Any]) -> set[str]:
     return {str(name) for (name,) in rows.fetchall()}
 
 
+class _LockWaitExpired(Exception):
+    """A migration statement gave up waiting for its lock (the file's lock_timeout)."""
+
+
 def _apply_migration(conn: psycopg.Connection[Any], name: str, script: str) -> None:
     for statement in split_statements(script):
         try:
             conn.execute(statement.encode())  # bytes: the SQL text is sent as is (no % params)
+        except psycopg.errors.LockNotAvailable as exc:
+            raise _LockWaitExpired(name) from exc
         except psycopg.Error as exc:
             error = _translate(exc, f"applying migration {name}")
             raise DatabaseError(
@@ -146,11 +157,36 @@ def _apply_migration(conn: psycopg.Connection[Any], name: str, script: str) -> N
     )
 
 
-def apply_migrations(conn: psycopg.Connection[Any]) -> list[str]:
+def _apply_with_retries(
+    conn: psycopg.Connection[Any], name: str, script: str, delays_s: Sequence[float]
+) -> None:
+    """Apply one file; when a statement gives up waiting for a lock, pause and run the whole
+    file again (its statements are idempotent), at most len(delays_s) more times."""
+    for delay_s in (*delays_s, None):
+        try:
+            _apply_migration(conn, name, script)
+            return
+        except _LockWaitExpired as exc:
+            if delay_s is None:
+                raise DatabaseError(
+                    f"applying migration {name}: the table stayed locked by another session "
+                    f"({len(delays_s) + 1} tries, each waiting briefly so as not to hold up its "
+                    "queries); run `migrate` again once that session's long transaction has ended",
+                    retryable=True,
+                ) from exc.__cause__
+            time.sleep(delay_s)
+
+
+def apply_migrations(
+    conn: psycopg.Connection[Any], *, lock_retry_delays_s: Sequence[float] = LOCK_RETRY_DELAYS_S
+) -> list[str]:
     """Apply pending migration files in order, each statement in autocommit; return their names.
 
     A file is recorded only once all its statements succeeded, so an interrupted run (say
     during CREATE INDEX CONCURRENTLY) re-runs the whole file, which cleans up after itself.
+    Statements that need a strong lock wait for it at most 2 s (each file's lock_timeout): a
+    statement queued for such a lock holds up every query behind it. The file is then tried
+    again after each of `lock_retry_delays_s`.
     """
     if not conn.autocommit:
         raise DatabaseError("apply_migrations needs an autocommit connection (use db.connect)")
@@ -162,7 +198,7 @@ def apply_migrations(conn: psycopg.Connection[Any]) -> list[str]:
             done = applied_migrations(conn)
         for name, script in migration_files():
             if name not in done:
-                _apply_migration(conn, name, script)
+                _apply_with_retries(conn, name, script, lock_retry_delays_s)
                 applied.append(name)
     finally:
         if not conn.closed:
