@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import random
 import signal
+import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -241,6 +243,24 @@ def test_a_second_sigint_exits_at_once_with_a_whole_checkpoint(scene: Scene) -> 
     assert checkpoint["finished"] is False
     assert_low_water_mark_honest(scene.table, checkpoint)
     resume_and_check_finished(scene, "after a second SIGINT")
+
+
+def test_a_ctrl_c_while_the_process_exits_prints_no_traceback(tmp_path: Path) -> None:
+    script = tmp_path / "late_sigint.py"
+    script.write_text(
+        "import atexit, os, signal, sys\n"
+        "import multiprocessing.util  # its exit handler, as a run leaves it\n"
+        "from backfill_quality.cli.app import main\n"
+        "atexit.register(os.kill, os.getpid(), signal.SIGINT)  # in the exit handlers\n"
+        "sys.argv = ['backfill-quality', 'migrate', '--help']\n"
+        "main()\n"
+    )
+    result = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "KeyboardInterrupt" not in result.stderr
 
 
 # --- scoring processes killed (the kernel's OOM killer) -----------------------------------------

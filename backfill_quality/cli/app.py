@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import sys
 import traceback
 from collections.abc import Iterator
@@ -82,4 +83,9 @@ def error_boundary(*, verbose: bool = False, as_json: bool = False) -> Iterator[
 
 def main() -> None:
     """Console-script entry point."""
-    app()
+    try:
+        app()
+    finally:
+        # Everything is done and reported: a Ctrl+C now would only land in the interpreter's
+        # exit handlers (multiprocessing's), which print it as a traceback.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
