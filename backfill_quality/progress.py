@@ -137,7 +137,10 @@ def _summary_lines(summary: RunSummary) -> list[tuple[str, str]]:
     pct = min(100.0, 100.0 * summary.processed / summary.total) if summary.total else 0.0
     rate = summary.rate_per_s
     remaining = max(0, summary.total - summary.processed)
-    eta = format_duration(remaining / rate) if rate > 0 and remaining else "—"
+    if not remaining:
+        eta = format_duration(0.0)  # the original's block ends with ETA 0s, not a blank
+    else:
+        eta = format_duration(remaining / rate) if rate > 0 else "—"
     return [
         ("Total", f"{summary.total} images"),
         ("Processed", f"{summary.processed} ({pct:.1f}%)"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 from io import StringIO
 
 import pytest
@@ -137,6 +138,17 @@ def test_json_reporter_verbose_adds_row_events_and_caps_failed_list() -> None:
     assert (row["event"], row["id"], row["score"]) == ("row", 7, 42)
     assert (error["event"], error["message"]) == ("error", "database unreachable")
     assert len(final["failedImages"]) == 20 and final["failedImagesOmitted"] == 5
+
+
+def test_a_finished_run_ends_its_summary_with_eta_0s() -> None:
+    buffer = StringIO()
+    reporter = RichReporter(Console(file=buffer, force_terminal=True, width=140))
+    reporter.start(total=1234, resumed_from=None, dry_run=False)
+    finished = replace(summary(), processed=1234, succeeded=1232)
+    reporter.finish(finished)
+    reporter.close()
+
+    assert "ETA:           0s" in buffer.getvalue()
 
 
 def test_rich_reporter_renders_the_summary_block_and_failed_table() -> None:
