@@ -29,26 +29,33 @@ def shard_checkpoint(folder: Path, index: int, count: int) -> Path:
     return folder / f".backfill-progress.shard-{index}-of-{count}.json"
 
 
+def run_shard(
+    tmp_path: Path, database_url: str, table: UserTable, index: int, count: int, *extra: str
+) -> CliResult:
+    """`run --shard K/N` in its own process, with JSON logs."""
+    return run_cli(
+        "run",
+        "--shard",
+        f"{index}/{count}",
+        "--log-format",
+        "json",
+        "--verbose",
+        *FAST,
+        *table.cli_options(),
+        *extra,
+        cwd=tmp_path,
+        database_url=database_url,
+        timeout_s=120,
+    )
+
+
 def run_workers(
     tmp_path: Path, database_url: str, table: UserTable, count: int, *extra: str
 ) -> list[CliResult]:
     """`run --shard K/N` for every K at the same time, each in its own process."""
 
     def worker(index: int) -> CliResult:
-        return run_cli(
-            "run",
-            "--shard",
-            f"{index}/{count}",
-            "--log-format",
-            "json",
-            "--verbose",
-            *FAST,
-            *table.cli_options(),
-            *extra,
-            cwd=tmp_path,
-            database_url=database_url,
-            timeout_s=120,
-        )
+        return run_shard(tmp_path, database_url, table, index, count, *extra)
 
     with ThreadPoolExecutor(max_workers=count) as pool:
         return list(pool.map(worker, range(count)))
@@ -124,24 +131,6 @@ def test_integer_keys_are_split_into_contiguous_ranges_of_min_to_max(
         ids = sorted(int(i) for i in scored_ids(result))
         lo, hi = 7 + index * span // 3, 7 + (index + 1) * span // 3
         assert ids and lo <= ids[0] and ids[-1] < hi, (index, ids)
-
-
-def run_shard(
-    tmp_path: Path, database_url: str, table: UserTable, index: int, count: int
-) -> CliResult:
-    return run_cli(
-        "run",
-        "--shard",
-        f"{index}/{count}",
-        "--log-format",
-        "json",
-        "--verbose",
-        *FAST,
-        *table.cli_options(),
-        cwd=tmp_path,
-        database_url=database_url,
-        timeout_s=90,
-    )
 
 
 def test_integer_workers_started_apart_while_rows_arrive_leave_no_gap(
