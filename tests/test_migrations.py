@@ -270,13 +270,20 @@ def test_a_lock_held_elsewhere_is_waited_for_briefly_then_the_file_retried(
     try:
         assert locked.wait(10)
         started = time.monotonic()
-        applied = db.apply_migrations(conn, lock_retry_delays_s=(0.5, 1.0, 1.0, 2.0))
+        waits: list[str] = []
+        applied = db.apply_migrations(
+            conn, lock_retry_delays_s=(0.5, 1.0, 1.0, 2.0), on_lock_wait=waits.append
+        )
         waited_s = time.monotonic() - started
     finally:
         holder.join()
 
     assert applied == ALL_MIGRATIONS  # 002 (ALTER TABLE) waited out the lock, then went through
     assert waited_s >= 2.5
+    assert waits and waits[0] == (
+        "002_quality_score.sql: the table is locked by another session; trying again in 0.5s"
+        " (attempt 2 of 5)"
+    )
     assert conn.execute("SHOW lock_timeout").fetchone() == ("0",)
 
 

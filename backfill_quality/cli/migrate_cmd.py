@@ -20,9 +20,13 @@ def migrate(database_url: o.DatabaseUrl = "", verbose: o.Verbose = False) -> Non
     with error_boundary(verbose=verbose):
         register_database_secrets(database_url)
         with db.connect(database_url) as conn:
-            applied = db.apply_migrations(conn)
+            applied = db.apply_migrations(conn, on_lock_wait=_say_waiting)
         if applied:
             for name in applied:
                 typer.echo(f"applied {name}")
         else:
             typer.echo("Database schema is up to date: nothing to apply.")
+
+
+def _say_waiting(message: str) -> None:
+    typer.echo(f"waiting: {message}", err=True)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import psycopg
@@ -158,11 +158,15 @@ def _apply_migration(conn: psycopg.Connection[Any], name: str, script: str) -> N
 
 
 def _apply_with_retries(
-    conn: psycopg.Connection[Any], name: str, script: str, delays_s: Sequence[float]
+    conn: psycopg.Connection[Any],
+    name: str,
+    script: str,
+    delays_s: Sequence[float],
+    on_lock_wait: Callable[[str], None],
 ) -> None:
     """Apply one file; when a statement gives up waiting for a lock, pause and run the whole
     file again (its statements are idempotent), at most len(delays_s) more times."""
-    for delay_s in (*delays_s, None):
+    for attempt, delay_s in enumerate((*delays_s, None), start=1):
         try:
             _apply_migration(conn, name, script)
             return
@@ -174,11 +178,18 @@ def _apply_with_retries(
                     "queries); run `migrate` again once that session's long transaction has ended",
                     retryable=True,
                 ) from exc.__cause__
+            on_lock_wait(
+                f"{name}: the table is locked by another session; trying again in {delay_s:g}s"
+                f" (attempt {attempt + 1} of {len(delays_s) + 1})"
+            )
             time.sleep(delay_s)
 
 
 def apply_migrations(
-    conn: psycopg.Connection[Any], *, lock_retry_delays_s: Sequence[float] = LOCK_RETRY_DELAYS_S
+    conn: psycopg.Connection[Any],
+    *,
+    lock_retry_delays_s: Sequence[float] = LOCK_RETRY_DELAYS_S,
+    on_lock_wait: Callable[[str], None] = lambda message: None,
 ) -> list[str]:
     """Apply pending migration files in order, each statement in autocommit; return their names.
 
@@ -186,7 +197,7 @@ def apply_migrations(
     during CREATE INDEX CONCURRENTLY) re-runs the whole file, which cleans up after itself.
     Statements that need a strong lock wait for it at most 2 s (each file's lock_timeout): a
     statement queued for such a lock holds up every query behind it. The file is then tried
-    again after each of `lock_retry_delays_s`.
+    again after each of `lock_retry_delays_s`, and `on_lock_wait` is told so.
     """
     if not conn.autocommit:
         raise DatabaseError("apply_migrations needs an autocommit connection (use db.connect)")
@@ -198,7 +209,7 @@ def apply_migrations(
             done = applied_migrations(conn)
         for name, script in migration_files():
             if name not in done:
-                _apply_with_retries(conn, name, script, lock_retry_delays_s)
+                _apply_with_retries(conn, name, script, lock_retry_delays_s, on_lock_wait)
                 applied.append(name)
     finally:
         if not conn.closed:
