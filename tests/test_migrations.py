@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import psycopg
@@ -253,30 +254,39 @@ def test_a_failing_statement_is_reported_and_the_file_not_recorded(
     assert conn.execute("SHOW lock_timeout").fetchone() == ("0",)
 
 
-def hold_lock_on_images(database_url: str, seconds: float, locked: threading.Event) -> None:
-    with psycopg.connect(database_url) as other, other.transaction():
-        other.execute("LOCK TABLE images IN ACCESS EXCLUSIVE MODE")
-        locked.set()
-        time.sleep(seconds)
+@contextmanager
+def images_locked_elsewhere(
+    conn: psycopg.Connection[Any], database_url: str, seconds: float
+) -> Iterator[None]:
+    """A bare `images` table that another session holds ACCESS EXCLUSIVE for `seconds`."""
+    conn.execute("CREATE TABLE images (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), url text)")
+    locked = threading.Event()
+
+    def hold() -> None:
+        with psycopg.connect(database_url) as other, other.transaction():
+            other.execute("LOCK TABLE images IN ACCESS EXCLUSIVE MODE")
+            locked.set()
+            time.sleep(seconds)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert locked.wait(10)
+        yield
+    finally:
+        holder.join()
 
 
 def test_a_lock_held_elsewhere_is_waited_for_briefly_then_the_file_retried(
     conn: psycopg.Connection[Any], database_url: str
 ) -> None:
-    conn.execute("CREATE TABLE images (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), url text)")
-    locked = threading.Event()
-    holder = threading.Thread(target=hold_lock_on_images, args=(database_url, 3.0, locked))
-    holder.start()
-    try:
-        assert locked.wait(10)
+    waits: list[str] = []
+    with images_locked_elsewhere(conn, database_url, 3.0):
         started = time.monotonic()
-        waits: list[str] = []
         applied = db.apply_migrations(
             conn, lock_retry_delays_s=(0.5, 1.0, 1.0, 2.0), on_lock_wait=waits.append
         )
         waited_s = time.monotonic() - started
-    finally:
-        holder.join()
 
     assert applied == ALL_MIGRATIONS  # 002 (ALTER TABLE) waited out the lock, then went through
     assert waited_s >= 2.5
@@ -290,16 +300,11 @@ def test_a_lock_held_elsewhere_is_waited_for_briefly_then_the_file_retried(
 def test_a_lock_held_longer_than_every_retry_is_a_clear_error(
     conn: psycopg.Connection[Any], database_url: str
 ) -> None:
-    conn.execute("CREATE TABLE images (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), url text)")
-    locked = threading.Event()
-    holder = threading.Thread(target=hold_lock_on_images, args=(database_url, 6.0, locked))
-    holder.start()
-    try:
-        assert locked.wait(10)
-        with pytest.raises(DatabaseError, match=r"002_quality_score\.sql.*lock"):
-            db.apply_migrations(conn, lock_retry_delays_s=(0.1,))
-    finally:
-        holder.join()
+    with (
+        images_locked_elsewhere(conn, database_url, 6.0),
+        pytest.raises(DatabaseError, match=r"002_quality_score\.sql.*lock"),
+    ):
+        db.apply_migrations(conn, lock_retry_delays_s=(0.1,))
     recorded = conn.execute("SELECT name FROM backfill_quality_migrations ORDER BY name")
     assert recorded.fetchall() == [("001_images_table.sql",)]
 
