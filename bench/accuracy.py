@@ -26,9 +26,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 from backfill_quality.config import Thresholds  # noqa: E402
-from backfill_quality.imaging import WorkingImage, decode_image  # noqa: E402
 from backfill_quality.models import BBox, Subject  # noqa: E402
-from backfill_quality.subject import detect_subject  # noqa: E402
+from backfill_quality.scoring.imaging import WorkingImage, decode_image  # noqa: E402
+from backfill_quality.scoring.subject import detect_subject  # noqa: E402
 
 DEFAULT_MANIFEST = REPO_ROOT.parent / "shared" / "data" / "birds-dev" / "manifest.csv"
 BASELINE_BOX = BBox(0.15, 0.15, 0.7, 0.7)
@@ -152,9 +152,9 @@ def print_report(name: str, report: Report) -> None:
 def print_empty_scores(manifest: Path, samples: list[Sample]) -> None:
     """Overall scores the no-bird photos get through the production scoring path."""
     try:
-        from backfill_quality.scoring import score_image
+        from backfill_quality.scoring.score import score_image
     except ImportError:
-        print("no-bird overall scores: backfill_quality.scoring not available")
+        print("no-bird overall scores: backfill_quality.scoring.score not available")
         return
     scores = []
     for sample in samples:

@@ -24,7 +24,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from backfill_quality.checkpoint import Checkpoint, FailedImage, save_checkpoint  # noqa: E402
+from backfill_quality.pipeline.checkpoint import Checkpoint, FailedImage, save_checkpoint  # noqa: E402
 
 
 def checkpoint_with(failures: int) -> Checkpoint:

@@ -3,8 +3,9 @@
 Usage: python bench/detector_lab.py [--manifest PATH] [--verbose]
 
 The production detector thresholds its saliency map once (Otsu). This lab recomputes the same
-map for every bird photo through the detector's own private steps (so it stays in step with
-`backfill_quality.subject`; module constants can be patched before `prepare` to sweep them), then
+map for every bird photo through the detector's own private steps (so it stays in step
+with `backfill_quality.scoring.subject`; module constants can be
+patched before `prepare` to sweep them), then
 builds one candidate box per threshold Otsu x MULTIPLIERS (geometric, 0.5-2.0) and prints, for
 each way of picking a box, CorLoc / mean IoU / size-band agreement on all photos and on each half
 of the species split (A: tuning species, B: check species; see bench/accuracy.py).
@@ -17,7 +18,7 @@ working-copy resolution, stability across neighbouring thresholds, rank mixes), 
 (coordinate-wise median of the boxes over a window of thresholds, or over the thresholds whose
 Otsu between-class variance is within a share of the best), and snapping box edges near the frame
 to the frame (the large-bird case). Results of the last round are in the docstring of
-`backfill_quality/subject.py` (the "measured and dropped" list) and in the closing note of
+`backfill_quality/scoring/subject.py` (the "measured and dropped" list) and in the closing note of
 issue 6. Nothing here is imported by the package.
 """
 
@@ -47,8 +48,8 @@ from accuracy import (  # noqa: E402
     size_band,
 )
 
-from backfill_quality import subject as det  # noqa: E402
 from backfill_quality.models import BBox  # noqa: E402
+from backfill_quality.scoring import subject as det  # noqa: E402
 
 FloatMap = NDArray[np.float32]
 MULTIPLIERS = tuple(float(v) for v in np.round(np.geomspace(0.5, 2.0, 25), 3))

@@ -33,10 +33,10 @@ from numpy.typing import NDArray
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from backfill_quality.imaging import decode_image  # noqa: E402
+from backfill_quality.demo.synthetic import make_bird_image, make_empty_image  # noqa: E402
 from backfill_quality.models import Subject  # noqa: E402
-from backfill_quality.subject import detect_subject  # noqa: E402
-from backfill_quality.synthetic import make_bird_image, make_empty_image  # noqa: E402
+from backfill_quality.scoring.imaging import decode_image  # noqa: E402
+from backfill_quality.scoring.subject import detect_subject  # noqa: E402
 
 PHOTO_DIR = REPO_ROOT.parent / "shared" / "data" / "birds-dev"
 DEFAULT_REFERENCE = REPO_ROOT / "bench" / "out" / "detector-reference.json"

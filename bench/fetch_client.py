@@ -30,14 +30,14 @@ from typing import Any
 import httpx
 
 from backfill_quality.config import FetchSettings
-from backfill_quality.fetch import ImageFetcher
-from backfill_quality.transport import LeanTransport
+from backfill_quality.fetching.fetcher import ImageFetcher
+from backfill_quality.fetching.transport import LeanTransport
 
 Get = Callable[[str], Awaitable[int]]
 
 SERVER_CODE = """
 import os, sys, time
-from backfill_quality.imageserver import ImageServer
+from backfill_quality.demo.imageserver import ImageServer
 latency_ms, n_images, size_bytes = float(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 with ImageServer(latency_ms=latency_ms) as server:
     for i in range(n_images):

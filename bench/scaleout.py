@@ -40,7 +40,7 @@ from throughput import (  # noqa: E402
 )
 
 from backfill_quality import db  # noqa: E402
-from backfill_quality.imageserver import ImageServer  # noqa: E402
+from backfill_quality.demo.imageserver import ImageServer  # noqa: E402
 
 OUT_DIR = BENCH_DIR / "out"
 

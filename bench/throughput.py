@@ -58,10 +58,10 @@ from procstats import (  # noqa: E402
 
 from backfill_quality import db  # noqa: E402
 from backfill_quality.config import Target, Thresholds  # noqa: E402
-from backfill_quality.imageserver import ImageServer  # noqa: E402
+from backfill_quality.demo.imageserver import ImageServer  # noqa: E402
+from backfill_quality.demo.synthetic import BirdBox, make_bird_image  # noqa: E402
 from backfill_quality.models import RowId  # noqa: E402
-from backfill_quality.scoring import score_image  # noqa: E402
-from backfill_quality.synthetic import BirdBox, make_bird_image  # noqa: E402
+from backfill_quality.scoring.score import score_image  # noqa: E402
 
 MIXED_SIZES: tuple[tuple[int, int], ...] = (
     (800, 600),
@@ -439,13 +439,10 @@ def memory_comparison(trials: Sequence[dict[str, Any]]) -> str | None:
 def code_version() -> dict[str, str]:
     """Short hashes of the pipeline's modules, so a report names the code it measured."""
     package = REPO_ROOT / "backfill_quality"
-    names = (
-        *("runner.py", "scoringpool.py", "worker.py", "fetch.py", "dbsession.py"),
-        *("db", "scoring.py", "imaging.py"),
-    )
+    names = ("pipeline", "fetching", "scoring", "db")
     versions = {}
     for name in names:
-        files = sorted((package / name).glob("*.py")) if name == "db" else [package / name]
+        files = sorted((package / name).rglob("*.py"))
         digest = hashlib.sha1(b"".join(f.read_bytes() for f in files if f.exists()))
         versions[name] = digest.hexdigest()[:10]
     return versions

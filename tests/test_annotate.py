@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from backfill_quality.annotate import annotate_image
+from backfill_quality.demo.synthetic import make_bird_image, make_empty_image
 from backfill_quality.errors import DecodeError
 from backfill_quality.models import Analysis, BBox, CheckResult, Measurements, Subject
-from backfill_quality.synthetic import make_bird_image, make_empty_image
+from backfill_quality.scoring.annotate import annotate_image
 
 
 def analysis_with(subject: Subject | None) -> Analysis:

@@ -19,10 +19,10 @@ PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
 # library -> the only modules (a trailing "/": every module of that package) allowed to import it
 OWNERS = {
     "psycopg": {"db/"},
-    "httpx": {"fetch.py", "transport.py"},
-    "h11": {"transport.py"},
-    "PIL": {"imaging.py", "annotate.py", "synthetic.py"},
-    "rich": {"progress.py", "views.py"},
+    "httpx": {"fetching/"},
+    "h11": {"fetching/transport.py"},
+    "PIL": {"scoring/imaging.py", "scoring/annotate.py", "demo/synthetic.py"},
+    "rich": {"pipeline/progress.py", "cli/views.py"},
     "typer": {"cli/"},
 }
 # modules at the bottom of the import graph: they import no other project module but these

@@ -13,7 +13,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from backfill_quality.checkpoint import (
+from backfill_quality.config import Shard, Target
+from backfill_quality.errors import CheckpointError
+from backfill_quality.models import ImageRow, Outcome
+from backfill_quality.pipeline.checkpoint import (
     CHECKPOINT_VERSION,
     Checkpoint,
     FailedImage,
@@ -27,9 +30,6 @@ from backfill_quality.checkpoint import (
     redact,
     save_checkpoint,
 )
-from backfill_quality.config import Shard, Target
-from backfill_quality.errors import CheckpointError
-from backfill_quality.models import ImageRow, Outcome
 
 SECRET = "s3cret-pw"
 DB_URL = f"postgresql://backfill:{SECRET}@db.example.com:6543/app?sslmode=require"

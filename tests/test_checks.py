@@ -6,7 +6,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from backfill_quality.checks import (
+from backfill_quality.config import Thresholds
+from backfill_quality.models import BBox, Measurements, Subject
+from backfill_quality.scoring.checks import (
     CHECKS,
     category_for,
     check_bird_size,
@@ -17,8 +19,6 @@ from backfill_quality.checks import (
     evaluate,
     round_half_up,
 )
-from backfill_quality.config import Thresholds
-from backfill_quality.models import BBox, Measurements, Subject
 
 T = Thresholds()
 

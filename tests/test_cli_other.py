@@ -12,8 +12,8 @@ import psycopg
 import pytest
 from PIL import Image
 
-from backfill_quality.imageserver import ImageServer
-from backfill_quality.migration_files import migration_files
+from backfill_quality.db.migration_files import migration_files
+from backfill_quality.demo.imageserver import ImageServer
 from tests.support.cli import CHECKPOINT_NAME, invoke_in_process, read_checkpoint, run_cli
 from tests.support.table import UserTable, apply_migrations, sample_images, serve_valid_images
 

@@ -18,8 +18,8 @@ import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from backfill_quality.checkpoint import Checkpoint, save_checkpoint
-from backfill_quality.imageserver import ImageServer
+from backfill_quality.demo.imageserver import ImageServer
+from backfill_quality.pipeline.checkpoint import Checkpoint, save_checkpoint
 from tests.support.cli import (
     CHECKPOINT_NAME,
     DRY_RUN_CHECKPOINT_NAME,

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 import psycopg
 import pytest
 
-from backfill_quality.imageserver import ImageServer
+from backfill_quality.demo.imageserver import ImageServer
 from tests.support.cli import CHECKPOINT_NAME, read_checkpoint
 from tests.support.faults import (
     assert_written_at_most_once,

@@ -24,7 +24,7 @@ import pytest
 from typer.testing import CliRunner
 
 from backfill_quality.cli import app
-from backfill_quality.imageserver import ImageServer
+from backfill_quality.demo.imageserver import ImageServer
 from tests.support.cli import (
     CHECKPOINT_NAME,
     DRY_RUN_CHECKPOINT_NAME,

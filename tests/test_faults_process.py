@@ -23,8 +23,8 @@ from urllib.parse import urlsplit
 import psycopg
 import pytest
 
-from backfill_quality.imageserver import ImageServer
-from backfill_quality.scoringpool import RESTARTED
+from backfill_quality.demo.imageserver import ImageServer
+from backfill_quality.pipeline.scoringpool import RESTARTED
 from tests.support.cli import CHECKPOINT_NAME, json_lines, read_checkpoint, run_cli
 from tests.support.faults import (
     BackgroundRun,

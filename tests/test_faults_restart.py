@@ -16,7 +16,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from backfill_quality.imageserver import ImageServer
+from backfill_quality.demo.imageserver import ImageServer
 from tests.support.cli import CHECKPOINT_NAME, read_checkpoint
 from tests.support.faults import assert_low_water_mark_honest, start_run, wait_until
 from tests.support.private_pg import PrivateServer, private_server

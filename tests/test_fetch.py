@@ -13,8 +13,9 @@ import httpx
 import pytest
 
 from backfill_quality.config import FetchSettings
+from backfill_quality.demo.imageserver import ImageServer
 from backfill_quality.errors import FetchError
-from backfill_quality.fetch import (
+from backfill_quality.fetching.fetcher import (
     Fetched,
     ImageFetcher,
     RateLimiter,
@@ -25,7 +26,6 @@ from backfill_quality.fetch import (
     proxy_configured,
     validate_url,
 )
-from backfill_quality.imageserver import ImageServer
 from tests.support.http import closed_port, make_image_bytes
 
 FAST = FetchSettings(

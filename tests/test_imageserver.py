@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 import httpx
 import pytest
 
-from backfill_quality.imageserver import ImageServer
+from backfill_quality.demo.imageserver import ImageServer
 from tests.support.http import make_image_bytes
 
 

@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from backfill_quality.demo.synthetic import make_bird_image
 from backfill_quality.errors import DecodeError
-from backfill_quality.imaging import (
+from backfill_quality.scoring.imaging import (
     WORK_SIZE,
     decode_image,
     measure_brightness,
     measure_contrast_std,
 )
-from backfill_quality.synthetic import make_bird_image
 
 # A 4:3 picture's working copy: an integer box reduction of the (DCT-scaled) decode, so its long
 # side lies between half and all of WORK_SIZE (256).

@@ -12,8 +12,8 @@ import psycopg
 import pytest
 
 from backfill_quality import db
+from backfill_quality.db.migration_files import migration_files, split_statements
 from backfill_quality.errors import DatabaseError
-from backfill_quality.migration_files import migration_files, split_statements
 
 ALL_MIGRATIONS = [
     "001_images_table.sql",

@@ -14,9 +14,9 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from backfill_quality.demo.imageserver import ImageServer
 from backfill_quality.errors import ConfigError
-from backfill_quality.imageserver import ImageServer
-from backfill_quality.notify import NotifySettings, Webhook, describe_url
+from backfill_quality.pipeline.notify import NotifySettings, Webhook, describe_url
 from tests.support.cli import run_cli
 from tests.support.http import closed_port
 from tests.support.table import UserTable, apply_migrations, serve_valid_images

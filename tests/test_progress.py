@@ -10,10 +10,10 @@ from io import StringIO
 import pytest
 from rich.console import Console
 
-from backfill_quality.checkpoint import Checkpoint
 from backfill_quality.errors import ConfigError
 from backfill_quality.models import ImageRow, Outcome, RunSummary
-from backfill_quality.progress import (
+from backfill_quality.pipeline.checkpoint import Checkpoint
+from backfill_quality.pipeline.progress import (
     EtaEstimator,
     JsonReporter,
     PlainReporter,

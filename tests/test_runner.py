@@ -9,13 +9,13 @@ import psycopg
 import pytest
 
 from backfill_quality import db
-from backfill_quality.checkpoint import Checkpoint, load_checkpoint
 from backfill_quality.config import FetchSettings, RunSettings
+from backfill_quality.demo.imageserver import ImageServer
+from backfill_quality.demo.synthetic import make_bird_image
 from backfill_quality.errors import ConfigError
-from backfill_quality.imageserver import ImageServer
 from backfill_quality.models import Outcome, RunSummary
-from backfill_quality.runner import Runner
-from backfill_quality.synthetic import make_bird_image
+from backfill_quality.pipeline.checkpoint import Checkpoint, load_checkpoint
+from backfill_quality.pipeline.runner import Runner
 
 
 class RecordingReporter:

@@ -11,10 +11,15 @@ from concurrent.futures.process import BrokenProcessPool
 import pytest
 
 from backfill_quality.config import DEFAULT_MAX_PIXELS, Thresholds
+from backfill_quality.demo.synthetic import make_bird_image
 from backfill_quality.errors import BackfillError
-from backfill_quality.scoring import score_only
-from backfill_quality.scoringpool import KEEP_CRASHING, MAX_POOL_CRASHES, RESTARTED, ScoringPool
-from backfill_quality.synthetic import make_bird_image
+from backfill_quality.pipeline.scoringpool import (
+    KEEP_CRASHING,
+    MAX_POOL_CRASHES,
+    RESTARTED,
+    ScoringPool,
+)
+from backfill_quality.scoring.score import score_only
 from tests.support.faults import kill_scoring_workers
 
 PHOTO = make_bird_image(seed=7, width=1600, height=1200)

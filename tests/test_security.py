@@ -15,7 +15,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from backfill_quality.imageserver import ImageServer
+from backfill_quality.demo.imageserver import ImageServer
 from tests.support.cli import CHECKPOINT_NAME, read_checkpoint, run_cli
 from tests.support.faults import dbname_of
 from tests.support.pg import with_database

@@ -15,8 +15,8 @@ import pytest
 
 from backfill_quality import db
 from backfill_quality.config import Shard, Target
+from backfill_quality.demo.imageserver import ImageServer
 from backfill_quality.errors import ConfigError
-from backfill_quality.imageserver import ImageServer
 from tests.support.cli import CliResult, json_lines, read_checkpoint, run_cli
 from tests.support.table import UserTable, apply_migrations, serve_valid_images
 

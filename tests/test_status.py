@@ -9,9 +9,10 @@ from typing import Any
 import psycopg
 import pytest
 
-from backfill_quality import db, status
-from backfill_quality.checkpoint import Checkpoint, FailedImage, save_checkpoint
+from backfill_quality import db
 from backfill_quality.config import Target
+from backfill_quality.pipeline import status
+from backfill_quality.pipeline.checkpoint import Checkpoint, FailedImage, save_checkpoint
 from tests.support.cli import CliResult, run_cli
 from tests.support.pg import with_database
 from tests.support.table import UserTable, apply_migrations

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from backfill_quality.imaging import decode_image
+from backfill_quality.demo.synthetic import BirdBox, make_bird_image, make_empty_image
 from backfill_quality.models import BBox, Subject
-from backfill_quality.subject import _frame_widths, detect_subject
-from backfill_quality.synthetic import BirdBox, make_bird_image, make_empty_image
+from backfill_quality.scoring.imaging import decode_image
+from backfill_quality.scoring.subject import _frame_widths, detect_subject
 
 BIRDS_DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "birds-dev"
 SEEDS = (0, 2, 3, 4)

@@ -18,8 +18,8 @@ import pytest
 
 from backfill_quality.config import FetchSettings
 from backfill_quality.errors import FetchError
-from backfill_quality.fetch import ImageFetcher
-from backfill_quality.transport import LeanTransport
+from backfill_quality.fetching.fetcher import ImageFetcher
+from backfill_quality.fetching.transport import LeanTransport
 from tests.support.http import closed_port
 
 BODY = b"\xff\xd8" + b"x" * 998

@@ -15,7 +15,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from backfill_quality.imageserver import ImageServer
+from backfill_quality.demo.imageserver import ImageServer
 from tests.support.cli import cli_env, read_checkpoint, run_cli
 from tests.support.table import Row, UserTable, apply_migrations, serve_valid_images
 from tests.test_notify import HookRecorder

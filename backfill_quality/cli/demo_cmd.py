@@ -12,11 +12,11 @@ from backfill_quality.cli import options as o
 from backfill_quality.cli.app import EXIT_OK, app, error_boundary
 from backfill_quality.cli.options import LogFormat
 from backfill_quality.cli.run_cmd import exit_code_for
+from backfill_quality.cli.views import print_status
 from backfill_quality.config import DEFAULT_DEMO_ROWS, RunSettings, Target
-from backfill_quality.progress import make_reporter
-from backfill_quality.runner import Runner
-from backfill_quality.status import StatusReport, find_checkpoints, table_stats
-from backfill_quality.views import print_status
+from backfill_quality.pipeline.progress import make_reporter
+from backfill_quality.pipeline.runner import Runner
+from backfill_quality.pipeline.status import StatusReport, find_checkpoints, table_stats
 
 
 @app.command(epilog="Example:\n\n  backfill-quality demo --rows 500 --latency-ms 100")
@@ -43,8 +43,8 @@ def demo(
     """Start an embedded PostgreSQL, fill `images` with generated bird photos (and a few broken
     URLs) served from 127.0.0.1, run the backfill with live progress, then show `status`."""
     with error_boundary(verbose=verbose, as_json=log_format is LogFormat.json):
-        from backfill_quality.demo import embedded_database, fill_demo_table
-        from backfill_quality.imageserver import ImageServer
+        from backfill_quality.demo.embedded import embedded_database, fill_demo_table
+        from backfill_quality.demo.imageserver import ImageServer
 
         keep = workdir is not None
         folder = workdir or Path(tempfile.mkdtemp(prefix="backfill-quality-demo-"))

@@ -22,10 +22,15 @@ from backfill_quality.config import (
 )
 from backfill_quality.errors import BackfillError
 from backfill_quality.models import RunSummary
-from backfill_quality.notify import NotifySettings, Webhook, notify_run_end, notify_run_failure
-from backfill_quality.progress import make_reporter
+from backfill_quality.pipeline.notify import (
+    NotifySettings,
+    Webhook,
+    notify_run_end,
+    notify_run_failure,
+)
+from backfill_quality.pipeline.progress import make_reporter
+from backfill_quality.pipeline.runner import EXIT_SIGNALS, Runner
 from backfill_quality.redaction import register_database_secrets
-from backfill_quality.runner import EXIT_SIGNALS, Runner
 
 RUN_EPILOG = """Examples:
 

@@ -10,11 +10,11 @@ import typer
 
 from backfill_quality.cli import options as o
 from backfill_quality.cli.app import EXIT_OK, EXIT_SOME_FAILED, app, error_boundary
+from backfill_quality.cli.views import print_analysis, print_error
 from backfill_quality.config import FetchSettings, thresholds_with_overrides
 from backfill_quality.errors import BackfillError
-from backfill_quality.fetch import fetch_one
+from backfill_quality.fetching.fetcher import fetch_one
 from backfill_quality.models import Analysis
-from backfill_quality.views import print_analysis, print_error
 
 SCORE_EPILOG = """Examples:
 
@@ -64,7 +64,7 @@ def score(
     image")."""
     failures = 0
     with error_boundary(verbose=verbose):
-        from backfill_quality.scoring import analysis_to_dict, score_image  # NumPy, Pillow
+        from backfill_quality.scoring.score import analysis_to_dict, score_image  # NumPy, Pillow
 
         thresholds = thresholds_with_overrides(threshold or [])
         fetch = FetchSettings(timeout_s=timeout)
@@ -89,7 +89,7 @@ def score(
 
 
 def write_annotation(data: bytes, analysis: Analysis, out: Path) -> None:
-    from backfill_quality.annotate import annotate_image
+    from backfill_quality.scoring.annotate import annotate_image
 
     try:
         annotate_image(data, analysis, out)

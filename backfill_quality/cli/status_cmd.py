@@ -9,10 +9,10 @@ import typer
 
 from backfill_quality.cli import options as o
 from backfill_quality.cli.app import EXIT_FATAL, EXIT_OK, app, error_boundary
+from backfill_quality.cli.views import print_status
 from backfill_quality.config import Target
+from backfill_quality.pipeline.status import report_status, status_to_dict
 from backfill_quality.redaction import register_database_secrets
-from backfill_quality.status import report_status, status_to_dict
-from backfill_quality.views import print_status
 
 STATUS_EPILOG = """Examples:
 

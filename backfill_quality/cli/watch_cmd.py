@@ -23,16 +23,16 @@ from backfill_quality.config import (
 )
 from backfill_quality.errors import ConfigError
 from backfill_quality.models import RunSummary
-from backfill_quality.notify import NotifySettings, Webhook, summary_payload
-from backfill_quality.progress import Reporter, make_reporter
-from backfill_quality.redaction import register_database_secrets
-from backfill_quality.runner import EXIT_SIGNALS
-from backfill_quality.watch import (
+from backfill_quality.pipeline.notify import NotifySettings, Webhook, summary_payload
+from backfill_quality.pipeline.progress import Reporter, make_reporter
+from backfill_quality.pipeline.runner import EXIT_SIGNALS
+from backfill_quality.pipeline.watch import (
     DEFAULT_POLL_INTERVAL_S,
     DEFAULT_RETRY_FAILED_AFTER_S,
     Watcher,
     WatchSettings,
 )
+from backfill_quality.redaction import register_database_secrets
 
 WATCH_CHECKPOINT = DEFAULT_CHECKPOINT.with_name(".backfill-progress.watch.json")
 WATCH_EPILOG = """Examples:

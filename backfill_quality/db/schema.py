@@ -11,8 +11,8 @@ from psycopg import sql
 
 from backfill_quality.config import Target
 from backfill_quality.db.connection import _translate, _translated, describe_database
+from backfill_quality.db.migration_files import migration_files, split_statements
 from backfill_quality.errors import ConfigError, DatabaseError
-from backfill_quality.migration_files import migration_files, split_statements
 
 INTEGER_ID_TYPES = frozenset({"smallint", "integer", "bigint"})
 TEXT_ID_TYPES = frozenset({"text", "character varying"})

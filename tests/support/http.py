@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 from PIL import Image
 
-from backfill_quality.imageserver import ImageServer
+from backfill_quality.demo.imageserver import ImageServer
 
 
 @pytest.fixture

@@ -19,9 +19,9 @@ from psycopg import sql
 
 from backfill_quality import db
 from backfill_quality.config import Thresholds
-from backfill_quality.imageserver import ImageServer
-from backfill_quality.scoring import score_image
-from backfill_quality.synthetic import make_bird_image
+from backfill_quality.demo.imageserver import ImageServer
+from backfill_quality.demo.synthetic import make_bird_image
+from backfill_quality.scoring.score import score_image
 from tests.support.http import closed_port
 
 IdType = Literal["uuid", "integer", "text"]

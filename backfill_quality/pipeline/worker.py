@@ -10,7 +10,7 @@ import signal
 
 from backfill_quality.config import Thresholds
 
-SCORING_MODULE = "backfill_quality.scoring"
+SCORING_MODULE = "backfill_quality.scoring.score"
 
 
 def ignore_signals() -> None:
@@ -21,11 +21,11 @@ def ignore_signals() -> None:
 
 def score_in_worker(data: bytes, thresholds: Thresholds, max_pixels: int) -> int:
     """The overall score of one encoded image (raises DecodeError for unusable bytes)."""
-    from backfill_quality.scoring import score_only
+    from backfill_quality.scoring.score import score_only
 
     return score_only(data, thresholds, max_pixels)
 
 
 def warm_up() -> None:
     """Run once per process at start: the scoring code is loaded before the first image."""
-    import backfill_quality.scoring  # noqa: F401
+    import backfill_quality.scoring.score  # noqa: F401

@@ -28,9 +28,9 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from backfill_quality.checkpoint import Checkpoint
 from backfill_quality.errors import ConfigError
 from backfill_quality.models import Outcome, RowId, RunSummary
+from backfill_quality.pipeline.checkpoint import Checkpoint
 from backfill_quality.redaction import redact
 
 MAX_FAILED_SHOWN = 20

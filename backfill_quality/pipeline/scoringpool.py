@@ -18,7 +18,12 @@ from concurrent.futures.process import BrokenProcessPool
 
 from backfill_quality.config import Thresholds
 from backfill_quality.errors import BackfillError
-from backfill_quality.worker import SCORING_MODULE, ignore_signals, score_in_worker, warm_up
+from backfill_quality.pipeline.worker import (
+    SCORING_MODULE,
+    ignore_signals,
+    score_in_worker,
+    warm_up,
+)
 
 MAX_POOL_CRASHES = 5
 """Scoring-process crashes in a row, with no image scored in between, before the run gives up."""

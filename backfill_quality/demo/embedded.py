@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from backfill_quality import db
+from backfill_quality.demo.imageserver import ImageServer
+from backfill_quality.demo.synthetic import BirdBox, make_bird_image, make_empty_image
 from backfill_quality.errors import ConfigError
-from backfill_quality.imageserver import ImageServer
-from backfill_quality.synthetic import BirdBox, make_bird_image, make_empty_image
 
 DISTINCT_IMAGES = 48
 BROKEN_PATHS = ("/status/404", "/not-an-image", "/truncated", "/status/500")

@@ -11,11 +11,11 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from backfill_quality.checks import CHECKS
 from backfill_quality.models import Analysis
-from backfill_quality.progress import format_duration
+from backfill_quality.pipeline.progress import format_duration
+from backfill_quality.pipeline.status import CheckpointInfo, ShardGroup, StatusReport, TableStats
 from backfill_quality.redaction import redact
-from backfill_quality.status import CheckpointInfo, ShardGroup, StatusReport, TableStats
+from backfill_quality.scoring.checks import CHECKS
 
 CATEGORY_STYLE = {"high": "green", "medium": "yellow", "low": "red"}
 BAR_WIDTH = 40

@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from backfill_quality import db
-from backfill_quality.checkpoint import Checkpoint, load_checkpoint
 from backfill_quality.config import Target
 from backfill_quality.errors import BackfillError
+from backfill_quality.pipeline.checkpoint import Checkpoint, load_checkpoint
 from backfill_quality.redaction import redact
 
 CATEGORY_DECILES = {"high": range(8, 10), "medium": range(6, 8), "low": range(0, 6)}

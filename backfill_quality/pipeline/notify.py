@@ -23,10 +23,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from backfill_quality import __version__
-from backfill_quality.checkpoint import checkpoint_path_for
 from backfill_quality.config import RunSettings, Shard
 from backfill_quality.errors import BackfillError, ConfigError
 from backfill_quality.models import RunSummary
+from backfill_quality.pipeline.checkpoint import checkpoint_path_for
 from backfill_quality.redaction import redact
 
 DEFAULT_NOTIFY_TIMEOUT_S = 10.0

@@ -37,7 +37,7 @@ import httpx
 
 from backfill_quality.config import MAX_URL_LENGTH, FetchSettings
 from backfill_quality.errors import FetchError
-from backfill_quality.transport import LeanTransport
+from backfill_quality.fetching.transport import LeanTransport
 
 USER_AGENT = "backfill-quality/0.1 (+image quality backfill)"
 ALLOWED_SCHEMES = ("http", "https")
@@ -322,7 +322,7 @@ def build_client(
     """One HTTP/1.1 client on `LeanTransport` (or on `transport`); redirects are followed by hand.
 
     httpcore's pool costs several times the CPU of the request itself, so the default transport
-    is our own (backfill_quality.transport; see bench/fetch_client.py).
+    is our own (backfill_quality.fetching.transport; see bench/fetch_client.py).
     """
     if transport is None and not proxy_configured():
         transport = LeanTransport(

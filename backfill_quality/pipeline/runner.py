@@ -20,7 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from backfill_quality import db
-from backfill_quality.checkpoint import (
+from backfill_quality.config import RunSettings, available_cpus
+from backfill_quality.errors import BackfillError, DecodeError, FetchError
+from backfill_quality.fetching.fetcher import ImageFetcher
+from backfill_quality.models import ImageRow, Outcome, RowId, RunSummary
+from backfill_quality.pipeline.checkpoint import (
     Checkpoint,
     LowWaterMark,
     checkpoint_path_for,
@@ -28,14 +32,10 @@ from backfill_quality.checkpoint import (
     make_fingerprint,
     save_checkpoint,
 )
-from backfill_quality.config import RunSettings, available_cpus
-from backfill_quality.dbsession import DatabaseSession
-from backfill_quality.errors import BackfillError, DecodeError, FetchError
-from backfill_quality.fetch import ImageFetcher
-from backfill_quality.models import ImageRow, Outcome, RowId, RunSummary
-from backfill_quality.progress import EtaEstimator, Reporter
-from backfill_quality.resume import prepare_checkpoint
-from backfill_quality.scoringpool import ScoringPool
+from backfill_quality.pipeline.dbsession import DatabaseSession
+from backfill_quality.pipeline.progress import EtaEstimator, Reporter
+from backfill_quality.pipeline.resume import prepare_checkpoint
+from backfill_quality.pipeline.scoringpool import ScoringPool
 
 NOTHING_TO_DO = "No images need quality score backfill"
 EXIT_SIGNALS = {"SIGINT": 130, "SIGTERM": 143}

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from backfill_quality.checkpoint import Checkpoint, check_resumable, load_checkpoint
 from backfill_quality.config import RunSettings
 from backfill_quality.errors import ConfigError
+from backfill_quality.pipeline.checkpoint import Checkpoint, check_resumable, load_checkpoint
 
 
 def prepare_checkpoint(

@@ -27,12 +27,12 @@ from types import FrameType
 from typing import Any
 
 from backfill_quality import db
-from backfill_quality.checkpoint import Checkpoint
 from backfill_quality.config import RunSettings
 from backfill_quality.errors import ConfigError, DatabaseError
 from backfill_quality.models import Outcome, RowId, RunSummary
-from backfill_quality.progress import Reporter
-from backfill_quality.runner import NOTHING_TO_DO, Runner
+from backfill_quality.pipeline.checkpoint import Checkpoint
+from backfill_quality.pipeline.progress import Reporter
+from backfill_quality.pipeline.runner import NOTHING_TO_DO, Runner
 
 WATCH_CHANNEL = "backfill_quality"
 NOTIFY_TRIGGER = "backfill_quality_notify"

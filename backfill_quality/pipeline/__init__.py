@@ -1,0 +1,1 @@
+"""The run: keyset pages -> fetch -> score -> write -> checkpoint; watch; the webhook."""

@@ -1,0 +1,1 @@
+"""Bytes -> score, pure: decode, subject detection, the five checks, annotation."""
