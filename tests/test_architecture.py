@@ -22,7 +22,7 @@ OWNERS = {
     "httpx": {"fetching/"},
     "h11": {"fetching/transport.py"},
     "PIL": {"scoring/imaging.py", "scoring/annotate.py", "demo/synthetic.py"},
-    "rich": {"pipeline/progress.py", "cli/views.py"},
+    "rich": {"cli/reporters.py", "cli/views.py"},
     "typer": {"cli/"},
 }
 # modules at the bottom of the import graph: they import no other project module but these

@@ -10,19 +10,17 @@ from io import StringIO
 import pytest
 from rich.console import Console
 
+from backfill_quality.cli.reporters import (
+    JsonReporter,
+    PlainReporter,
+    RichReporter,
+    make_reporter,
+)
+from backfill_quality.cli.summary import summary_line
 from backfill_quality.errors import ConfigError
 from backfill_quality.models import ImageRow, Outcome, RunSummary
 from backfill_quality.pipeline.checkpoint import Checkpoint
-from backfill_quality.pipeline.progress import (
-    EtaEstimator,
-    JsonReporter,
-    PlainReporter,
-    Reporter,
-    RichReporter,
-    format_duration,
-    make_reporter,
-    summary_line,
-)
+from backfill_quality.pipeline.progress import EtaEstimator, Reporter, format_duration
 
 SECRET = "s3cret-pw"
 PLAIN_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z (INFO|WARNING|ERROR)\s+\S")

@@ -11,10 +11,10 @@ import typer
 from backfill_quality.cli import options as o
 from backfill_quality.cli.app import EXIT_OK, app, error_boundary
 from backfill_quality.cli.options import LogFormat
+from backfill_quality.cli.reporters import make_reporter
 from backfill_quality.cli.run_cmd import exit_code_for
 from backfill_quality.cli.views import print_status
 from backfill_quality.config import DEFAULT_DEMO_ROWS, RunSettings, Target
-from backfill_quality.pipeline.progress import make_reporter
 from backfill_quality.pipeline.runner import Runner
 from backfill_quality.pipeline.status import StatusReport, find_checkpoints, table_stats
 

@@ -10,6 +10,7 @@ import typer
 from backfill_quality.cli import options as o
 from backfill_quality.cli.app import EXIT_OK, EXIT_SOME_FAILED, app, error_boundary
 from backfill_quality.cli.options import LogFormat
+from backfill_quality.cli.reporters import make_reporter
 from backfill_quality.config import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_CONCURRENCY,
@@ -28,7 +29,6 @@ from backfill_quality.pipeline.notify import (
     notify_run_end,
     notify_run_failure,
 )
-from backfill_quality.pipeline.progress import make_reporter
 from backfill_quality.pipeline.runner import EXIT_SIGNALS, Runner
 from backfill_quality.redaction import register_database_secrets
 

@@ -10,6 +10,7 @@ import typer
 from backfill_quality.cli import options as o
 from backfill_quality.cli.app import EXIT_OK, EXIT_SOME_FAILED, app, error_boundary
 from backfill_quality.cli.options import LogFormat
+from backfill_quality.cli.reporters import make_reporter
 from backfill_quality.config import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_CHECKPOINT,
@@ -24,7 +25,7 @@ from backfill_quality.config import (
 from backfill_quality.errors import ConfigError
 from backfill_quality.models import RunSummary
 from backfill_quality.pipeline.notify import NotifySettings, Webhook, summary_payload
-from backfill_quality.pipeline.progress import Reporter, make_reporter
+from backfill_quality.pipeline.progress import Reporter
 from backfill_quality.pipeline.runner import EXIT_SIGNALS
 from backfill_quality.pipeline.watch import (
     DEFAULT_POLL_INTERVAL_S,

@@ -1,0 +1,115 @@
+"""What every progress view shows: live counters, the closing 'Progress Summary', failed rows."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+
+from backfill_quality.models import Outcome, RunSummary
+from backfill_quality.pipeline.checkpoint import Checkpoint
+from backfill_quality.pipeline.progress import EtaEstimator, format_duration
+from backfill_quality.redaction import redact
+
+MAX_FAILED_SHOWN = 20
+RULE = "═" * 60
+
+
+class Counts:
+    """Live counters shared by the reporters: rows counted one by one, corrected at each page."""
+
+    def __init__(self) -> None:
+        self.total = self.processed = self.succeeded = self.failed = self.skipped = 0
+        self.run_rows = 0
+        self.started_s = time.monotonic()
+        self.eta = EtaEstimator()
+
+    def row(self, outcome: Outcome) -> None:
+        self.run_rows += 1
+        self.processed += 1
+        if outcome.is_success:
+            self.succeeded += 1
+        else:
+            self.failed += 1
+        self.eta.record(self.run_rows)
+
+    def page(self, checkpoint: Checkpoint) -> None:
+        self.total = max(checkpoint.total, self.total)
+        self.processed, self.skipped = checkpoint.processed, checkpoint.skipped
+        self.succeeded, self.failed = checkpoint.succeeded, checkpoint.failed
+
+    @property
+    def elapsed_s(self) -> float:
+        return time.monotonic() - self.started_s
+
+    @property
+    def remaining(self) -> int:
+        return max(0, self.total - self.processed)
+
+    def percent(self, done: int | None = None) -> float:
+        done = self.processed if done is None else done
+        return min(100.0, 100.0 * done / self.total) if self.total else 0.0
+
+
+def summary_lines(summary: RunSummary) -> list[tuple[str, str]]:
+    """The original's 'Progress Summary' rows, as (label, value)."""
+    pct = min(100.0, 100.0 * summary.processed / summary.total) if summary.total else 0.0
+    rate = summary.rate_per_s
+    remaining = max(0, summary.total - summary.processed)
+    if not remaining:
+        eta = format_duration(0.0)  # the original's block ends with ETA 0s, not a blank
+    else:
+        eta = format_duration(remaining / rate) if rate > 0 else "—"
+    return [
+        ("Total", f"{summary.total} images"),
+        ("Processed", f"{summary.processed} ({pct:.1f}%)"),
+        ("Succeeded", str(summary.succeeded)),
+        ("Failed", str(summary.failed)),
+        ("Skipped", str(summary.skipped)),
+        ("Elapsed", format_duration(summary.elapsed_s)),
+        ("Avg per image", f"{1000 / rate:.0f}ms" if rate > 0 else "—"),
+        ("Rate", f"{rate:.1f} img/s"),
+        ("ETA", eta),
+    ]
+
+
+def closing_notes(summary: RunSummary) -> list[str]:
+    notes = []
+    if summary.dry_run:
+        notes.append("Dry run: nothing was written to the database.")
+    if summary.interrupted:
+        notes.append(f"Stopped by {summary.interrupted}; continue with --resume.")
+    notes.append(f"Checkpoint: {summary.checkpoint_path}")
+    return notes
+
+
+def summary_line(summary: RunSummary) -> str:
+    """One line for --quiet and logs: counts, time, rate, checkpoint."""
+    state = f"interrupted by {summary.interrupted}" if summary.interrupted else "done"
+    dry = " (dry run)" if summary.dry_run else ""
+    return (
+        f"{state}{dry}: {summary.processed}/{summary.total} processed, "
+        f"{summary.succeeded} succeeded, {summary.failed} failed, {summary.skipped} skipped "
+        f"in {format_duration(summary.elapsed_s)} ({summary.rate_per_s:.1f} img/s); "
+        f"checkpoint {summary.checkpoint_path}"
+    )
+
+
+def shorten(text: str, max_chars: int) -> str:
+    text = redact(text)
+    return text if len(text) <= max_chars else text[: max_chars - 1] + "…"
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def failed_lines(summary: RunSummary) -> list[str]:
+    if not summary.failed_images:
+        return []
+    lines = [f"Failed images ({len(summary.failed_images)}):"]
+    for row_id, url, error in summary.failed_images[:MAX_FAILED_SHOWN]:
+        lines.append(f"  {row_id}  {shorten(url, 80)}  {shorten(error, 120)}")
+    hidden = len(summary.failed_images) - MAX_FAILED_SHOWN
+    if hidden > 0:
+        lines.append(f"  … and {hidden} more, see the checkpoint {summary.checkpoint_path}")
+    return lines
