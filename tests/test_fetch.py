@@ -15,17 +15,16 @@ import pytest
 from backfill_quality.config import FetchSettings
 from backfill_quality.demo.imageserver import ImageServer
 from backfill_quality.errors import FetchError
+from backfill_quality.fetching.failures import parse_retry_after
 from backfill_quality.fetching.fetcher import (
     Fetched,
     ImageFetcher,
     RateLimiter,
     backoff_delay_s,
     fetch_one,
-    is_blocked_address,
-    parse_retry_after,
     proxy_configured,
-    validate_url,
 )
+from backfill_quality.fetching.urls import is_blocked_address, validate_url
 from tests.support.http import closed_port, make_image_bytes
 
 FAST = FetchSettings(

@@ -1,7 +1,8 @@
-"""Downloading images: URL checks, timeouts, byte cap, retries with backoff, rate limit.
+"""Downloading images: timeouts, byte cap, retries with backoff, rate limit, redirects.
 
-The only importer of httpx. One `ImageFetcher` per run is shared by all tasks; the caller bounds
-how many fetches run at once (the HTTP pool is sized from `FetchSettings.concurrency`).
+URL policy lives in `urls.py`, the translation of failures into reasons in `failures.py`. One
+`ImageFetcher` per run is shared by all tasks; the caller bounds how many fetches run at once (the
+HTTP pool is sized from `FetchSettings.concurrency`).
 
 Choices worth knowing:
 - `retries` counts RE-tries: retries=3 means at most 4 attempts. Connect errors, timeouts, resets,
@@ -19,35 +20,32 @@ Choices worth knowing:
 from __future__ import annotations
 
 import asyncio
-import email.utils
-import ipaddress
 import random
-import re
-import socket
 import time
 import urllib.request
 from collections.abc import Awaitable
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from http import HTTPStatus
 from types import TracebackType
-from urllib.parse import urlsplit
 
 import httpx
 
-from backfill_quality.config import MAX_URL_LENGTH, FetchSettings
+from backfill_quality.config import FetchSettings
 from backfill_quality.errors import FetchError
+from backfill_quality.fetching.failures import (
+    REDIRECT_STATUSES,
+    AttemptError,
+    status_error,
+    translate_httpx_error,
+)
 from backfill_quality.fetching.transport import LeanTransport
+from backfill_quality.fetching.urls import (
+    ensure_public_host,
+    validate_url,
+)
 
 USER_AGENT = "backfill-quality/0.1 (+image quality backfill)"
-ALLOWED_SCHEMES = ("http", "https")
-REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 KEEPALIVE_EXPIRY_S = 30.0  # idle connections are closed after this
 DOWNLOAD_DEADLINE_FACTOR = 4  # a whole attempt may take at most 4 x timeout_s
-_METADATA_ADDRESSES = frozenset(
-    {ipaddress.ip_address("169.254.169.254"), ipaddress.ip_address("fd00:ec2::254")}
-)
-_TRUNCATED_RE = re.compile(r"received (\d+) bytes, expected (\d+)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,83 +57,12 @@ class Fetched:
     final_url: str
 
 
-class _AttemptError(Exception):
-    """One failed attempt; `what` and `detail` become the user-facing message."""
-
-    def __init__(
-        self,
-        what: str,
-        detail: str | None = None,
-        *,
-        retryable: bool,
-        retry_after_s: float | None = None,
-    ) -> None:
-        super().__init__(what)
-        self.what = what
-        self.detail = detail
-        self.retryable = retryable
-        self.retry_after_s = retry_after_s
-
-    def to_fetch_error(self, attempts: int) -> FetchError:
-        message = self.what
-        if attempts > 1:
-            message += f" after {attempts} attempts"
-        if self.detail:
-            message += f" ({self.detail})"
-        return FetchError(
-            message,
-            retryable=self.retryable,
-            retry_after_s=self.retry_after_s,
-            attempts=attempts,
-        )
-
-
-def validate_url(url: str) -> str:
-    """The URL, stripped, if it is an absolute http(s) URL with a host; else a FetchError."""
-    candidate = url.strip() if url else ""
-    if not candidate:
-        raise FetchError("empty URL")
-    if len(candidate) > MAX_URL_LENGTH:
-        raise FetchError(f"URL is too long ({len(candidate)} characters; limit {MAX_URL_LENGTH})")
-    try:
-        parts = urlsplit(candidate)
-        _ = parts.port  # raises ValueError for a bad port
-    except ValueError as exc:
-        raise FetchError(f"malformed URL ({exc})") from exc
-    scheme = parts.scheme.lower()
-    if not scheme:
-        raise FetchError("URL has no scheme (only http, https are allowed)")
-    if scheme not in ALLOWED_SCHEMES:
-        raise FetchError(f"URL scheme '{scheme}' is not allowed (only http, https)")
-    if not parts.hostname:
-        raise FetchError("URL has no host")
-    return candidate
-
-
 def backoff_delay_s(
     retry_index: int, base_s: float, cap_s: float, rng: random.Random | None = None
 ) -> float:
     """Full-jitter backoff: uniform in [0, min(cap_s, base_s * 2**retry_index)]."""
     ceiling_s = min(cap_s, base_s * 2.0 ** min(retry_index, 60))
     return (rng or random.Random()).uniform(0.0, ceiling_s)
-
-
-def parse_retry_after(value: str, now: datetime | None = None) -> float | None:
-    """Seconds to wait from a Retry-After header (delta-seconds or HTTP-date); None if invalid."""
-    text = value.strip()
-    if not text:
-        return None
-    try:
-        return max(0.0, float(text))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(text)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
 
 
 def format_bytes(n_bytes: int) -> str:
@@ -218,7 +145,7 @@ class ImageFetcher:
         for attempt in range(1, max_attempts + 1):
             try:
                 data, final_url = await self._attempt(url)
-            except _AttemptError as err:
+            except AttemptError as err:
                 if not err.retryable or attempt == max_attempts:
                     raise err.to_fetch_error(attempt) from (err.__cause__ or err)
                 await asyncio.sleep(self._delay_before_retry_s(err, attempt))
@@ -226,7 +153,7 @@ class ImageFetcher:
                 return Fetched(data, attempt, final_url)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _delay_before_retry_s(self, err: _AttemptError, attempt: int) -> float:
+    def _delay_before_retry_s(self, err: AttemptError, attempt: int) -> float:
         s = self.settings
         if err.retry_after_s is not None:
             return min(err.retry_after_s, s.retry_after_cap_s)
@@ -239,7 +166,7 @@ class ImageFetcher:
                 return await self._follow_redirects(url, _Deadline(timeout, deadline_s))
         except TimeoutError as exc:
             detail = f"download took longer than {deadline_s:g}s"
-            raise _AttemptError("timed out", detail, retryable=True) from exc
+            raise AttemptError("timed out", detail, retryable=True) from exc
 
     async def _follow_redirects(self, url: str, deadline: _Deadline) -> tuple[bytes, str]:
         client = self._client
@@ -260,28 +187,28 @@ class ImageFetcher:
                         continue
                     return await self._read_body(response), str(response.url)
             except httpx.HTTPError as exc:
-                raise _translate_httpx_error(exc, current, self.settings.timeout_s) from exc
-        raise _AttemptError(
+                raise translate_httpx_error(exc, current, self.settings.timeout_s) from exc
+        raise AttemptError(
             f"redirect loop / too many redirects ({self.settings.max_redirects})", retryable=False
         )
 
     async def _read_body(self, response: httpx.Response) -> bytes:
         if not 200 <= response.status_code < 300:
-            raise _status_error(response)
+            raise status_error(response)
         max_bytes = self.settings.max_bytes
         limit = f"body larger than {format_bytes(max_bytes)} limit"
         declared = response.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > max_bytes:
-            raise _AttemptError(limit, f"Content-Length {declared}", retryable=False)
+            raise AttemptError(limit, f"Content-Length {declared}", retryable=False)
         content_type = response.headers.get("content-type", "").split(";")[0].strip().lower()
         if content_type.startswith("text/"):
-            raise _AttemptError(f"not an image (content-type {content_type})", retryable=False)
+            raise AttemptError(f"not an image (content-type {content_type})", retryable=False)
         chunks: list[bytes] = []
         total_bytes = 0
         async for chunk in response.aiter_bytes():
             total_bytes += len(chunk)
             if total_bytes > max_bytes:
-                raise _AttemptError(limit, "stopped reading", retryable=False)
+                raise AttemptError(limit, "stopped reading", retryable=False)
             chunks.append(chunk)
         return b"".join(chunks)
 
@@ -352,123 +279,4 @@ def _checked_url(url: str) -> str:
     try:
         return validate_url(url)
     except FetchError as exc:
-        raise _AttemptError(str(exc), retryable=False) from exc
-
-
-def _status_error(response: httpx.Response) -> _AttemptError:
-    status = response.status_code
-    reason = response.reason_phrase or _standard_reason(status)
-    if status in REDIRECT_STATUSES:
-        return _AttemptError(f"HTTP {status} {reason} without a Location header", retryable=False)
-    is_retryable = status in (408, 429) or 500 <= status <= 599
-    header = response.headers.get("retry-after")
-    retry_after_s = parse_retry_after(header) if header and is_retryable else None
-    return _AttemptError(
-        f"HTTP {status} {reason}", retryable=is_retryable, retry_after_s=retry_after_s
-    )
-
-
-def _standard_reason(status: int) -> str:
-    try:
-        return HTTPStatus(status).phrase
-    except ValueError:
-        return "Unexpected status"
-
-
-def _translate_httpx_error(exc: httpx.HTTPError, url: str, timeout_s: float) -> _AttemptError:
-    """One httpx error -> a short, user-facing reason and whether retrying may help."""
-    parts = urlsplit(url)
-    host = parts.hostname or "?"
-    address = f"{host}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
-    text = str(exc)
-    if isinstance(exc, httpx.TimeoutException):
-        phase = {
-            httpx.ConnectTimeout: "connect",
-            httpx.ReadTimeout: "read",
-            httpx.WriteTimeout: "write",
-            httpx.PoolTimeout: "pool",
-        }.get(type(exc), "")
-        return _AttemptError("timed out", f"{phase} timeout {timeout_s:g}s".strip(), retryable=True)
-    if isinstance(exc, httpx.ConnectError):
-        causes = list(_exception_chain(exc))
-        lowered = " ".join(str(cause) for cause in causes).lower()
-        if any(isinstance(cause, ConnectionRefusedError) for cause in causes):
-            return _AttemptError("connection refused", address, retryable=True)
-        if (
-            any(isinstance(cause, socket.gaierror) for cause in causes)
-            or "name or service" in lowered
-            or "name resolution" in lowered
-            or "nodename" in lowered
-        ):
-            return _AttemptError("could not resolve host", host, retryable=True)
-        if "certificate" in lowered:
-            return _AttemptError("TLS certificate verification failed", host, retryable=False)
-        return _AttemptError("could not connect", f"{address}: {text}", retryable=True)
-    if isinstance(exc, httpx.RemoteProtocolError):
-        match = _TRUNCATED_RE.search(text)
-        detail = f"got {match[1]} of {match[2]} bytes" if match else text
-        return _AttemptError("connection closed mid-response", detail, retryable=True)
-    if isinstance(exc, httpx.ReadError | httpx.WriteError):
-        causes = _exception_chain(exc)
-        if any(isinstance(cause, ConnectionResetError | BrokenPipeError) for cause in causes):
-            return _AttemptError("connection reset", address, retryable=True)
-        reason = next((str(cause) for cause in causes if str(cause)), type(exc).__name__)
-        return _AttemptError("connection error", f"{address}: {reason}", retryable=True)
-    if isinstance(exc, httpx.DecodingError):
-        return _AttemptError("could not decode the response body", text, retryable=False)
-    if isinstance(exc, httpx.UnsupportedProtocol | httpx.InvalidURL):
-        return _AttemptError("invalid URL", text, retryable=False)
-    return _AttemptError(
-        "HTTP error",
-        f"{type(exc).__name__}: {text}",
-        retryable=isinstance(exc, httpx.TransportError),
-    )
-
-
-def _exception_chain(exc: BaseException) -> list[BaseException]:
-    chain: list[BaseException] = []
-    current: BaseException | None = exc
-    while current is not None and current not in chain and len(chain) < 10:
-        chain.append(current)
-        current = current.__cause__ or current.__context__
-    return chain
-
-
-async def ensure_public_host(url: str) -> None:
-    """Refuse (not retryable) a URL whose host resolves to any non-public address."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    try:
-        addresses = [ipaddress.ip_address(host)]
-    except ValueError:
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-        try:
-            infos = await asyncio.get_running_loop().getaddrinfo(
-                host, port, type=socket.SOCK_STREAM
-            )
-        except OSError as exc:
-            raise _AttemptError("could not resolve host", host, retryable=True) from exc
-        addresses = [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
-    for address in addresses:
-        if is_blocked_address(address):
-            raise _AttemptError(
-                f"refused: {host} resolves to a private or internal address ({address})",
-                "private networks are denied",
-                retryable=False,
-            )
-
-
-def is_blocked_address(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    """True for loopback, private, link-local, reserved, multicast, unspecified, metadata, …"""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return (
-        address in _METADATA_ADDRESSES
-        or address.is_loopback
-        or address.is_private
-        or address.is_link_local
-        or address.is_reserved
-        or address.is_multicast
-        or address.is_unspecified
-        or not address.is_global
-    )
+        raise AttemptError(str(exc), retryable=False) from exc
