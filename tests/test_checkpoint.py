@@ -20,16 +20,14 @@ from backfill_quality.pipeline.checkpoint import (
     CHECKPOINT_VERSION,
     Checkpoint,
     FailedImage,
-    LowWaterMark,
-    check_resumable,
     checkpoint_path_for,
-    database_identity,
-    describe_target,
     load_checkpoint,
-    make_fingerprint,
-    redact,
     save_checkpoint,
 )
+from backfill_quality.pipeline.lowwater import LowWaterMark
+from backfill_quality.pipeline.resume import check_resumable
+from backfill_quality.pipeline.target import database_identity, describe_target, make_fingerprint
+from backfill_quality.redaction import redact
 
 SECRET = "s3cret-pw"
 DB_URL = f"postgresql://backfill:{SECRET}@db.example.com:6543/app?sslmode=require"

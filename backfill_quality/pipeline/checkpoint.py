@@ -9,19 +9,15 @@ image URLs are masked.
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
-import re
 import tempfile
-from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn
-from urllib.parse import parse_qs, unquote, urlsplit
 
-from backfill_quality.config import Shard, Target
+from backfill_quality.config import Shard
 from backfill_quality.errors import CheckpointError, CheckpointWriteError
 from backfill_quality.models import Outcome, RowId
 from backfill_quality.redaction import redact
@@ -29,8 +25,6 @@ from backfill_quality.redaction import redact
 CHECKPOINT_VERSION = 1
 _RESTART_HINT = "delete it or use --restart"
 _ABSENT: Any = object()
-
-_CONNINFO_PAIR = re.compile(r"(\w+)\s*=\s*('(?:[^'\\]|\\.)*'|\S+)")
 
 
 @dataclass(slots=True)
@@ -249,58 +243,6 @@ class _Reader:
         return images
 
 
-# --- the target's identity ------------------------------------------------------------------
-
-
-def database_identity(database: str) -> str:
-    """host:port/dbname of a libpq URI or key=value string — never the user or the password."""
-    if not database.strip():
-        return "(libpq defaults)"
-    if "=" not in database and "://" not in database:
-        return redact(database.strip())  # already an identity, e.g. from the live connection
-    if re.match(r"postgres(ql)?://", database):
-        parts = urlsplit(database)
-        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
-        hostport = parts.netloc.rpartition("@")[2]
-        match = re.fullmatch(r"(\[[^\]]*\]|[^:]*)(?::(\d+))?", hostport)
-        host, port = (match.group(1), match.group(2) or "5432") if match else (hostport, "")
-        host = query.get("host", unquote(host)) or "localhost"
-        port = query.get("port", port)
-        dbname = query.get("dbname", unquote(parts.path.lstrip("/")))
-    else:
-        pairs = {k: v.strip("'") for k, v in _CONNINFO_PAIR.findall(database)}
-        host = pairs.get("host") or pairs.get("hostaddr") or "localhost"
-        port = pairs.get("port") or "5432"
-        dbname = pairs.get("dbname", "")
-    host = host if host.startswith("/") else host.lower()
-    return f"{host}{':' if port else ''}{port}/{dbname}"
-
-
-def describe_target(*, database: str, target: Target, shard: Shard | None) -> str:
-    """A readable, secret-free description, e.g. 'db:5432/app images(id,url→quality_score)'."""
-    table = f"{target.schema}.{target.table}" if target.schema else target.table
-    text = (
-        f"{database_identity(database)} "
-        f"{table}({target.id_column},{target.url_column}→{target.score_column})"
-    )
-    return f"{text} shard {shard}" if shard else text
-
-
-def make_fingerprint(*, database: str, target: Target, shard: Shard | None) -> str:
-    """A stable hash of the database identity, table, columns and shard (sha256 hex, 16 chars)."""
-    identity = {
-        "database": database_identity(database),
-        "schema": target.schema,
-        "table": target.table,
-        "id": target.id_column,
-        "url": target.url_column,
-        "score": target.score_column,
-        "shard": str(shard) if shard else None,
-    }
-    payload = json.dumps(identity, sort_keys=True, ensure_ascii=False).encode()
-    return hashlib.sha256(payload).hexdigest()[:16]
-
-
 def checkpoint_path_for(base: Path, *, dry_run: bool, shard: Shard | None) -> Path:
     """The file for this kind of run: x.json, x.dry-run.json, x.shard-0-of-4.json, …"""
     tags = ([f"shard-{shard.index}-of-{shard.count}"] if shard else []) + (
@@ -313,7 +255,7 @@ def checkpoint_path_for(base: Path, *, dry_run: bool, shard: Shard | None) -> Pa
     return base.with_name(".".join([stem, *tags]) + suffix)
 
 
-# --- load, save, resume -------------------------------------------------------------------------
+# --- load and save ----------------------------------------------------------------------------
 
 
 def load_checkpoint(path: Path) -> Checkpoint | None:
@@ -376,66 +318,3 @@ def _save_failure_message(path: Path, exc: OSError) -> str:
         f"cannot save checkpoint {path}: {advice}, then resume with --resume "
         "(the previous checkpoint, if any, is unchanged)"
     )
-
-
-def check_resumable(
-    checkpoint: Checkpoint,
-    *,
-    fingerprint: str,
-    dry_run: bool,
-    path: Path,
-    target_description: str = "",
-) -> None:
-    """Refuse to resume a checkpoint written for another target or another kind of run."""
-    if checkpoint.fingerprint != fingerprint:
-        theirs = checkpoint.target or f"fingerprint {checkpoint.fingerprint}"
-        ours = target_description or f"fingerprint {fingerprint}"
-        raise CheckpointError(
-            f"checkpoint {path} was written for another target: {theirs}; this run targets "
-            f"{ours} — use another --checkpoint or --restart"
-        )
-    if checkpoint.dry_run != dry_run:
-        kind = "a dry run" if checkpoint.dry_run else "a real run"
-        raise CheckpointError(
-            f"checkpoint {path} belongs to {kind}; this is "
-            f"{'a dry run' if dry_run else 'a real run'} — use another --checkpoint or --restart"
-        )
-
-
-# --- low-water mark ----------------------------------------------------------------------------
-
-
-class LowWaterMark:
-    """Tracks rows handed out in key order; the mark is the greatest id such that it and all
-    before it are done. Ids are never compared: only their issue order counts."""
-
-    def __init__(self, start: RowId | None) -> None:
-        self._mark = start
-        self._issued: deque[RowId] = deque()
-        self._pending: set[RowId] = set()
-        self._done: set[RowId] = set()
-
-    def issue(self, row_id: RowId) -> None:
-        """Hand out a row; ids come in strictly increasing key order."""
-        if row_id in self._pending or row_id in self._done:
-            raise ValueError(f"row {row_id!r} was issued twice")
-        self._issued.append(row_id)
-        self._pending.add(row_id)
-
-    def complete(self, row_id: RowId) -> None:
-        """Mark a row done (scored, failed or skipped), in any order."""
-        if row_id not in self._pending:
-            raise ValueError(f"row {row_id!r} completed but not in flight")
-        self._pending.discard(row_id)
-        self._done.add(row_id)
-        while self._issued and self._issued[0] in self._done:
-            self._mark = self._issued.popleft()
-            self._done.discard(self._mark)
-
-    @property
-    def mark(self) -> RowId | None:
-        return self._mark
-
-    @property
-    def in_flight(self) -> int:
-        return len(self._pending)

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from backfill_quality.config import RunSettings
-from backfill_quality.errors import ConfigError
-from backfill_quality.pipeline.checkpoint import Checkpoint, check_resumable, load_checkpoint
+from backfill_quality.errors import CheckpointError, ConfigError
+from backfill_quality.pipeline.checkpoint import Checkpoint, load_checkpoint
 
 
 def prepare_checkpoint(
@@ -90,3 +90,27 @@ def _for_retry(
     existing.last_processed_id = None
     existing.finished = False
     return existing
+
+
+def check_resumable(
+    checkpoint: Checkpoint,
+    *,
+    fingerprint: str,
+    dry_run: bool,
+    path: Path,
+    target_description: str = "",
+) -> None:
+    """Refuse to resume a checkpoint written for another target or another kind of run."""
+    if checkpoint.fingerprint != fingerprint:
+        theirs = checkpoint.target or f"fingerprint {checkpoint.fingerprint}"
+        ours = target_description or f"fingerprint {fingerprint}"
+        raise CheckpointError(
+            f"checkpoint {path} was written for another target: {theirs}; this run targets "
+            f"{ours} — use another --checkpoint or --restart"
+        )
+    if checkpoint.dry_run != dry_run:
+        kind = "a dry run" if checkpoint.dry_run else "a real run"
+        raise CheckpointError(
+            f"checkpoint {path} belongs to {kind}; this is "
+            f"{'a dry run' if dry_run else 'a real run'} — use another --checkpoint or --restart"
+        )

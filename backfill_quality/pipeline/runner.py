@@ -24,18 +24,13 @@ from backfill_quality.config import RunSettings, available_cpus
 from backfill_quality.errors import BackfillError, DecodeError, FetchError
 from backfill_quality.fetching.fetcher import ImageFetcher
 from backfill_quality.models import ImageRow, Outcome, RowId, RunSummary
-from backfill_quality.pipeline.checkpoint import (
-    Checkpoint,
-    LowWaterMark,
-    checkpoint_path_for,
-    describe_target,
-    make_fingerprint,
-    save_checkpoint,
-)
+from backfill_quality.pipeline.checkpoint import Checkpoint, checkpoint_path_for, save_checkpoint
 from backfill_quality.pipeline.dbsession import DatabaseSession
+from backfill_quality.pipeline.lowwater import LowWaterMark
 from backfill_quality.pipeline.progress import EtaEstimator, Reporter
 from backfill_quality.pipeline.resume import prepare_checkpoint
 from backfill_quality.pipeline.scoringpool import ScoringPool
+from backfill_quality.pipeline.target import describe_target, make_fingerprint
 
 NOTHING_TO_DO = "No images need quality score backfill"
 EXIT_SIGNALS = {"SIGINT": 130, "SIGTERM": 143}

@@ -1,0 +1,62 @@
+"""The target's identity: which database, table, columns and shard a checkpoint belongs to."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from backfill_quality.config import Shard, Target
+from backfill_quality.redaction import redact
+
+_CONNINFO_PAIR = re.compile(r"(\w+)\s*=\s*('(?:[^'\\]|\\.)*'|\S+)")
+
+
+def database_identity(database: str) -> str:
+    """host:port/dbname of a libpq URI or key=value string — never the user or the password."""
+    if not database.strip():
+        return "(libpq defaults)"
+    if "=" not in database and "://" not in database:
+        return redact(database.strip())  # already an identity, e.g. from the live connection
+    if re.match(r"postgres(ql)?://", database):
+        parts = urlsplit(database)
+        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        hostport = parts.netloc.rpartition("@")[2]
+        match = re.fullmatch(r"(\[[^\]]*\]|[^:]*)(?::(\d+))?", hostport)
+        host, port = (match.group(1), match.group(2) or "5432") if match else (hostport, "")
+        host = query.get("host", unquote(host)) or "localhost"
+        port = query.get("port", port)
+        dbname = query.get("dbname", unquote(parts.path.lstrip("/")))
+    else:
+        pairs = {k: v.strip("'") for k, v in _CONNINFO_PAIR.findall(database)}
+        host = pairs.get("host") or pairs.get("hostaddr") or "localhost"
+        port = pairs.get("port") or "5432"
+        dbname = pairs.get("dbname", "")
+    host = host if host.startswith("/") else host.lower()
+    return f"{host}{':' if port else ''}{port}/{dbname}"
+
+
+def describe_target(*, database: str, target: Target, shard: Shard | None) -> str:
+    """A readable, secret-free description, e.g. 'db:5432/app images(id,url→quality_score)'."""
+    table = f"{target.schema}.{target.table}" if target.schema else target.table
+    text = (
+        f"{database_identity(database)} "
+        f"{table}({target.id_column},{target.url_column}→{target.score_column})"
+    )
+    return f"{text} shard {shard}" if shard else text
+
+
+def make_fingerprint(*, database: str, target: Target, shard: Shard | None) -> str:
+    """A stable hash of the database identity, table, columns and shard (sha256 hex, 16 chars)."""
+    identity = {
+        "database": database_identity(database),
+        "schema": target.schema,
+        "table": target.table,
+        "id": target.id_column,
+        "url": target.url_column,
+        "score": target.score_column,
+        "shard": str(shard) if shard else None,
+    }
+    payload = json.dumps(identity, sort_keys=True, ensure_ascii=False).encode()
+    return hashlib.sha256(payload).hexdigest()[:16]
