@@ -20,7 +20,7 @@ PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
 OWNERS = {
     "psycopg": {"db/"},
     "httpx": {"fetching/"},
-    "h11": {"fetching/transport.py"},
+    "h11": {"fetching/transport.py", "fetching/exchange.py"},
     "PIL": {"scoring/imaging.py", "scoring/annotate.py", "demo/synthetic.py"},
     "rich": {"cli/reporters.py", "cli/views.py"},
     "typer": {"cli/"},

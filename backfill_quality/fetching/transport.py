@@ -28,40 +28,18 @@ from typing import Any
 import h11
 import httpx
 
+from backfill_quality.fetching.exchange import (
+    Connection,
+    StaleConnection,
+    next_event,
+    receive,
+    send_and_read_head,
+)
+
 DEFAULT_PORTS = {"http": 80, "https": 443}
-# Reads of at most 64 KB keep every buffer below glibc's mmap threshold (128 KB): larger ones
-# are fresh pages each time and their page faults cost more CPU than the rest of the request
-# (bench/fetch_client.py: 300 KB bodies, 2.4 -> 1.3 ms of client CPU per request).
-READ_CHUNK_BYTES = 64 * 1024
 STREAM_LIMIT_BYTES = 256 * 1024  # asyncio buffers up to twice this before pausing the socket
-MAX_HEAD_BYTES = 100 * 1024  # the largest response head accepted (as httpcore)
-_IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 _PoolKey = tuple[str, str, int]
-
-
-class _Connection:
-    """One TCP (or TLS) connection and its h11 state machine."""
-
-    __slots__ = ("h11", "idle_since_s", "is_reused", "reader", "received_bytes", "writer")
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
-        self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD_BYTES)
-        self.idle_since_s = 0.0
-        self.is_reused = False
-        self.received_bytes = 0  # in the current exchange
-
-    def is_usable(self) -> bool:
-        """False once the server closed its side or the socket failed."""
-        reader = self.reader
-        return not (
-            reader.at_eof() or reader.exception() is not None or self.writer.transport.is_closing()
-        )
-
-    def abort(self) -> None:
-        self.writer.transport.abort()
 
 
 class _HostPool:
@@ -70,17 +48,9 @@ class _HostPool:
     __slots__ = ("idle", "slots", "users")
 
     def __init__(self, max_connections: int) -> None:
-        self.idle: deque[_Connection] = deque()
+        self.idle: deque[Connection] = deque()
         self.slots = asyncio.Semaphore(max_connections)
         self.users = 0  # requests holding or waiting for a slot
-
-
-class _StaleConnection(Exception):
-    """A reused connection died before the server sent a byte; `error` if we cannot resend."""
-
-    def __init__(self, error: httpx.TransportError) -> None:
-        super().__init__(str(error))
-        self.error = error
 
 
 class LeanTransport(httpx.AsyncBaseTransport):
@@ -101,7 +71,7 @@ class LeanTransport(httpx.AsyncBaseTransport):
         self.keepalive_expiry_s = keepalive_expiry_s
         self._ssl_context = ssl_context
         self._pools: dict[_PoolKey, _HostPool] = {}
-        self._idle: dict[_Connection, _HostPool] = {}  # every idle connection, oldest first
+        self._idle: dict[Connection, _HostPool] = {}  # every idle connection, oldest first
         self._is_closed = False
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
@@ -152,21 +122,21 @@ class LeanTransport(httpx.AsyncBaseTransport):
 
     async def _exchange_head(
         self, key: _PoolKey, pool: _HostPool, request: httpx.Request, timeouts: dict[str, Any]
-    ) -> tuple[_Connection, h11.Response]:
+    ) -> tuple[Connection, h11.Response]:
         """Send the request on an idle or new connection; the connection and the response head."""
         conn = self._take_idle(pool)
         if conn is not None:
             try:
-                return conn, await _send_and_read_head(conn, request, timeouts)
-            except _StaleConnection:
+                return conn, await send_and_read_head(conn, request, timeouts)
+            except StaleConnection:
                 conn.abort()  # the server closed it while idle: once more on a new connection
             except BaseException:
                 conn.abort()
                 raise
         conn = await self._connect(key, request, timeouts.get("connect"))
         try:
-            return conn, await _send_and_read_head(conn, request, timeouts)
-        except _StaleConnection as stale:
+            return conn, await send_and_read_head(conn, request, timeouts)
+        except StaleConnection as stale:
             conn.abort()
             raise stale.error from stale.error.__cause__
         except BaseException:
@@ -175,7 +145,7 @@ class LeanTransport(httpx.AsyncBaseTransport):
 
     async def _connect(
         self, key: _PoolKey, request: httpx.Request, timeout_s: float | None
-    ) -> _Connection:
+    ) -> Connection:
         scheme, host, port = key
         context = self._tls_context() if scheme == "https" else None
         try:
@@ -195,7 +165,7 @@ class LeanTransport(httpx.AsyncBaseTransport):
         sock = writer.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return _Connection(reader, writer)
+        return Connection(reader, writer)
 
     def _tls_context(self) -> ssl.SSLContext:
         if self._ssl_context is None:
@@ -204,7 +174,7 @@ class LeanTransport(httpx.AsyncBaseTransport):
 
     # -- the pool -------------------------------------------------------------------------------
 
-    def _take_idle(self, pool: _HostPool) -> _Connection | None:
+    def _take_idle(self, pool: _HostPool) -> Connection | None:
         expired_before_s = time.monotonic() - self.keepalive_expiry_s
         while pool.idle:
             conn = pool.idle.pop()
@@ -215,7 +185,7 @@ class LeanTransport(httpx.AsyncBaseTransport):
             conn.abort()
         return None
 
-    def _release(self, key: _PoolKey, pool: _HostPool, conn: _Connection | None) -> None:
+    def _release(self, key: _PoolKey, pool: _HostPool, conn: Connection | None) -> None:
         """Give back a slot; `conn` goes idle if its exchange finished cleanly, else closes."""
         if conn is not None:
             state = conn.h11
@@ -260,14 +230,14 @@ class _LeanStream(httpx.AsyncByteStream):
         transport: LeanTransport,
         key: _PoolKey,
         pool: _HostPool,
-        conn: _Connection,
+        conn: Connection,
         request: httpx.Request,
         read_timeout_s: float | None,
     ) -> None:
         self._transport = transport
         self._key = key
         self._pool = pool
-        self._conn: _Connection | None = conn
+        self._conn: Connection | None = conn
         self._request = request
         self._read_timeout_s = read_timeout_s
 
@@ -280,9 +250,9 @@ class _LeanStream(httpx.AsyncByteStream):
             raise StopAsyncIteration
         try:
             while True:
-                event = _next_event(conn, self._request)
+                event = next_event(conn, self._request)
                 if event is h11.NEED_DATA:
-                    await _receive(conn, self._read_timeout_s, self._request)
+                    await receive(conn, self._read_timeout_s, self._request)
                 elif type(event) is h11.Data:
                     return bytes(event.data)
                 elif type(event) is h11.EndOfMessage:
@@ -312,16 +282,13 @@ class _LeanStream(httpx.AsyncByteStream):
             pass
         self._give_back(None)
 
-    def _give_back(self, conn: _Connection | None) -> None:
+    def _give_back(self, conn: Connection | None) -> None:
         if self._conn is None:
             return
         if conn is None:
             self._conn.abort()
         self._conn = None
         self._transport._release(self._key, self._pool, conn)
-
-
-# -- one exchange ----------------------------------------------------------------------------------
 
 
 async def _acquire_slot(pool: _HostPool, timeout_s: float | None, request: httpx.Request) -> None:
@@ -334,96 +301,3 @@ async def _acquire_slot(pool: _HostPool, timeout_s: float | None, request: httpx
     except TimeoutError as exc:
         message = f"no free connection to {request.url.host} within {timeout_s:g}s"
         raise httpx.PoolTimeout(message, request=request) from exc
-
-
-async def _send_and_read_head(
-    conn: _Connection, request: httpx.Request, timeouts: dict[str, Any]
-) -> h11.Response:
-    """Write the request (head and body), then read up to the final response head."""
-    try:
-        await _send_request(conn, request, timeouts.get("write"))
-        while True:
-            event = _next_event(conn, request)
-            if event is h11.NEED_DATA:
-                if not await _receive(conn, timeouts.get("read"), request) and not (
-                    conn.received_bytes
-                ):
-                    raise httpx.RemoteProtocolError(
-                        "Server disconnected without sending a response.", request=request
-                    )
-            elif type(event) is h11.Response:
-                return event
-            elif type(event) is not h11.InformationalResponse:  # 1xx: wait for the real one
-                message = f"unexpected {getattr(event, '__name__', type(event).__name__)}"
-                raise httpx.RemoteProtocolError(message, request=request)
-    except (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError) as exc:
-        if (
-            conn.is_reused
-            and not conn.received_bytes
-            and request.method in _IDEMPOTENT_METHODS
-            and "content-length" not in request.headers
-            and "transfer-encoding" not in request.headers
-        ):
-            raise _StaleConnection(exc) from exc
-        raise
-
-
-async def _send_request(conn: _Connection, request: httpx.Request, timeout_s: float | None) -> None:
-    state = conn.h11
-    conn.received_bytes = 0
-    try:
-        head = state.send(
-            h11.Request(
-                method=request.method, target=request.url.raw_path, headers=request.headers.raw
-            )
-        )
-    except h11.LocalProtocolError as exc:
-        raise httpx.LocalProtocolError(str(exc), request=request) from exc
-    writer = conn.writer
-    writer.write(head or b"")
-    if isinstance(request.stream, httpx.AsyncByteStream):
-        async for part in request.stream:
-            writer.write(state.send(h11.Data(data=part)) or b"")
-            await _drain(writer, timeout_s, request)
-    writer.write(state.send(h11.EndOfMessage()) or b"")
-    await _drain(writer, timeout_s, request)
-
-
-async def _drain(
-    writer: asyncio.StreamWriter, timeout_s: float | None, request: httpx.Request
-) -> None:
-    if not writer.transport.get_write_buffer_size():
-        return  # all written to the socket already: nothing to wait for
-    try:
-        async with asyncio.timeout(timeout_s):
-            await writer.drain()
-    except TimeoutError as exc:
-        message = f"could not send the request within {timeout_s:g}s"
-        raise httpx.WriteTimeout(message, request=request) from exc
-    except OSError as exc:
-        raise httpx.WriteError(str(exc) or type(exc).__name__, request=request) from exc
-
-
-async def _receive(conn: _Connection, timeout_s: float | None, request: httpx.Request) -> int:
-    """Read what the server sent next into h11; how many bytes (0 at EOF)."""
-    try:
-        if timeout_s is None:
-            data = await conn.reader.read(READ_CHUNK_BYTES)
-        else:
-            async with asyncio.timeout(timeout_s):
-                data = await conn.reader.read(READ_CHUNK_BYTES)
-    except TimeoutError as exc:
-        message = f"no data from the server within {timeout_s:g}s"
-        raise httpx.ReadTimeout(message, request=request) from exc
-    except OSError as exc:  # reset, broken pipe, TLS errors
-        raise httpx.ReadError(str(exc) or type(exc).__name__, request=request) from exc
-    conn.h11.receive_data(data)
-    conn.received_bytes += len(data)
-    return len(data)
-
-
-def _next_event(conn: _Connection, request: httpx.Request) -> Any:
-    try:
-        return conn.h11.next_event()
-    except h11.RemoteProtocolError as exc:
-        raise httpx.RemoteProtocolError(str(exc), request=request) from exc
