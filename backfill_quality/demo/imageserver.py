@@ -34,34 +34,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import email.utils
 import socket
-import struct
 import threading
-import time
 from collections import Counter
 from dataclasses import dataclass
-from http import HTTPStatus
 from types import TracebackType
-from urllib.parse import parse_qs, quote, urlsplit
+from urllib.parse import quote
 
-_MAX_HEADER_BYTES = 64 * 1024
+from backfill_quality.demo.wire import (
+    CHUNK_BYTES,
+    Request,
+    abort_with_reset,
+    http_date,
+    read_request,
+    reason_phrase,
+    send,
+    send_partial,
+    wait_until_client_leaves,
+)
+
 _FAULT_LENGTH = 1_000_000
 _HUGE_LENGTH = 1_000_000_000
-_CHUNK_BYTES = 64 * 1024
-
-
-@dataclass(frozen=True, slots=True)
-class _Request:
-    method: str
-    path: str
-    query: dict[str, list[str]]
-    keep_alive: bool
-    has_cookie: bool
-
-    def arg(self, name: str) -> str | None:
-        values = self.query.get(name)
-        return values[0] if values else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,7 +179,7 @@ class ImageServer:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
             while True:
-                request = await _read_request(reader)
+                request = await read_request(reader)
                 if request is None:
                     break
                 with self._lock:
@@ -207,7 +200,7 @@ class ImageServer:
     # -- routing ------------------------------------------------------------------------------
 
     async def _respond(
-        self, request: _Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+        self, request: Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> bool:
         """Write one response; returns False when the connection must be closed afterwards."""
         path = request.path
@@ -217,25 +210,25 @@ class ImageServer:
             image = self._images.get(path)
             hit_count = self._hits[path]
         if image is not None:
-            await _send(
+            await send(
                 writer, 200, image.data, image.content_type, head_only=request.method == "HEAD"
             )
             return True
         if head == "status" and len(parts) == 2 and parts[1].isdigit():
             code = int(parts[1])
-            await _send(writer, code, _reason(code).encode(), "text/plain")
+            await send(writer, code, reason_phrase(code).encode(), "text/plain")
             return True
         if head == "flaky" and len(parts) == 3 and parts[1].isdigit():
             if hit_count <= int(parts[1]):
-                await _send(writer, 503, b"Service Unavailable", "text/plain")
+                await send(writer, 503, b"Service Unavailable", "text/plain")
                 return True
             return await self._send_named_image(request, writer)
         if head in ("retry-after", "retry-after-date") and len(parts) == 3:
             if hit_count <= 1:
                 seconds = float(parts[1])
-                value = str(int(seconds)) if head == "retry-after" else _http_date(seconds)
+                value = str(int(seconds)) if head == "retry-after" else http_date(seconds)
                 headers = {"Retry-After": value}
-                await _send(writer, 429, b"Too Many Requests", "text/plain", headers=headers)
+                await send(writer, 429, b"Too Many Requests", "text/plain", headers=headers)
                 return True
             return await self._send_named_image(request, writer)
         if head == "set-cookie" and len(parts) == 2:
@@ -243,33 +236,33 @@ class ImageServer:
                 image = self._images.get(request.arg("img") or "")
             body = image.data if image is not None else b"no image"
             cookie = {"Set-Cookie": f"session={parts[1]}; Path=/"}
-            await _send(writer, 200, body, "image/jpeg", headers=cookie)
+            await send(writer, 200, body, "image/jpeg", headers=cookie)
             return True
         if head == "slow" and len(parts) == 2:
             await asyncio.sleep(float(parts[1]) / 1000.0)
             if request.arg("img") is None:
-                await _send(writer, 200, b"slow", "text/plain")
+                await send(writer, 200, b"slow", "text/plain")
                 return True
             return await self._send_named_image(request, writer)
         return await self._respond_fault(request, reader, writer)
 
     async def _respond_fault(
-        self, request: _Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+        self, request: Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> bool:
         path = request.path
         parts = path.strip("/").split("/")
         if path == "/stall":
-            await _send_partial(writer, _FAULT_LENGTH, 1024)
-            await _wait_until_client_leaves(reader)
+            await send_partial(writer, _FAULT_LENGTH, 1024)
+            await wait_until_client_leaves(reader)
             return False
         if path in ("/reset", "/truncated"):
-            await _send_partial(writer, _FAULT_LENGTH, 16 * 1024)
+            await send_partial(writer, _FAULT_LENGTH, 16 * 1024)
             if path == "/reset":
-                _abort_with_reset(writer)
+                abort_with_reset(writer)
             return False
         if path == "/huge":
-            await _send_partial(writer, _HUGE_LENGTH, 0)
-            await _wait_until_client_leaves(reader)
+            await send_partial(writer, _HUGE_LENGTH, 0)
+            await wait_until_client_leaves(reader)
             return False
         if parts[0] == "drip" and len(parts) == 2 and parts[1].isdigit():
             await self._drip(path, float(parts[1]) / 1000.0, writer)
@@ -279,35 +272,35 @@ class ImageServer:
             return False
         if path == "/not-an-image":
             body = b"<!doctype html><html><body><h1>Not an image</h1></body></html>"
-            await _send(writer, 200, body, "text/html; charset=utf-8")
+            await send(writer, 200, body, "text/html; charset=utf-8")
             return True
         if parts[0] == "redirect" and len(parts) == 2 and parts[1].isdigit():
             hops, target = int(parts[1]), request.arg("to") or "/"
             location = f"/redirect/{hops - 1}?to={quote(target)}" if hops > 1 else target
-            await _send(writer, 302, b"", "text/plain", headers={"Location": location})
+            await send(writer, 302, b"", "text/plain", headers={"Location": location})
             return True
         if path == "/redirect-loop":
-            await _send(writer, 302, b"", "text/plain", headers={"Location": "/redirect-loop"})
+            await send(writer, 302, b"", "text/plain", headers={"Location": "/redirect-loop"})
             return True
         if path == "/redirect-to":
             location = request.arg("url") or "/"
-            await _send(writer, 302, b"", "text/plain", headers={"Location": location})
+            await send(writer, 302, b"", "text/plain", headers={"Location": location})
             return True
-        await _send(writer, 404, b"Not Found", "text/plain")
+        await send(writer, 404, b"Not Found", "text/plain")
         return True
 
-    async def _send_named_image(self, request: _Request, writer: asyncio.StreamWriter) -> bool:
+    async def _send_named_image(self, request: Request, writer: asyncio.StreamWriter) -> bool:
         name = request.arg("img") or ""
         with self._lock:
             image = self._images.get(name)
         if image is None:
-            await _send(writer, 404, f"no image registered at {name!r}".encode(), "text/plain")
+            await send(writer, 404, f"no image registered at {name!r}".encode(), "text/plain")
         else:
-            await _send(writer, 200, image.data, image.content_type)
+            await send(writer, 200, image.data, image.content_type)
         return True
 
     async def _drip(self, path: str, interval_s: float, writer: asyncio.StreamWriter) -> None:
-        await _send_partial(writer, _FAULT_LENGTH, 0)
+        await send_partial(writer, _FAULT_LENGTH, 0)
         for _ in range(_FAULT_LENGTH):
             await asyncio.sleep(interval_s)
             writer.write(b"\x00")
@@ -318,92 +311,14 @@ class ImageServer:
     async def _send_endless_chunks(self, path: str, writer: asyncio.StreamWriter) -> None:
         head = b"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nTransfer-Encoding: chunked\r\n\r\n"
         writer.write(head)
-        chunk = f"{_CHUNK_BYTES:x}\r\n".encode() + b"\xff" * _CHUNK_BYTES + b"\r\n"
+        chunk = f"{CHUNK_BYTES:x}\r\n".encode() + b"\xff" * CHUNK_BYTES + b"\r\n"
         sent = 0
         while sent < _HUGE_LENGTH:
             writer.write(chunk)
             await writer.drain()  # raises once the client has gone away
-            sent += _CHUNK_BYTES
+            sent += CHUNK_BYTES
             with self._lock:
-                self._sent[path] += _CHUNK_BYTES
+                self._sent[path] += CHUNK_BYTES
 
 
 # -- HTTP helpers ------------------------------------------------------------------------------
-
-
-async def _read_request(reader: asyncio.StreamReader) -> _Request | None:
-    """Parse one request head (and discard any body); None when the client closed."""
-    try:
-        raw = await reader.readuntil(b"\r\n\r\n")
-    except asyncio.IncompleteReadError:
-        return None
-    if len(raw) > _MAX_HEADER_BYTES:
-        return None
-    lines = raw.decode("latin-1").split("\r\n")
-    method, target, version = [*lines[0].split(" "), "", "", ""][:3]
-    headers: dict[str, str] = {}
-    for line in lines[1:]:
-        name, sep, value = line.partition(":")
-        if sep:
-            headers[name.strip().lower()] = value.strip()
-    length = int(headers.get("content-length", "0") or "0")
-    if length > 0:
-        await reader.readexactly(length)
-    connection = headers.get("connection", "").lower()
-    keep_alive = connection != "close" and (version == "HTTP/1.1" or connection == "keep-alive")
-    split = urlsplit(target)
-    path = split.path or "/"
-    return _Request(method.upper(), path, parse_qs(split.query), keep_alive, "cookie" in headers)
-
-
-async def _send(
-    writer: asyncio.StreamWriter,
-    status: int,
-    body: bytes,
-    content_type: str,
-    *,
-    headers: dict[str, str] | None = None,
-    head_only: bool = False,
-) -> None:
-    lines = [
-        f"HTTP/1.1 {status} {_reason(status)}",
-        f"Content-Type: {content_type}",
-        f"Content-Length: {len(body)}",
-    ]
-    lines.extend(f"{name}: {value}" for name, value in (headers or {}).items())
-    writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
-    if body and not head_only:
-        writer.write(body)
-    await writer.drain()
-
-
-async def _send_partial(writer: asyncio.StreamWriter, declared_bytes: int, sent_bytes: int) -> None:
-    head = (
-        f"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nContent-Length: {declared_bytes}\r\n\r\n"
-    )
-    body = (b"\xff\xd8" + b"\x00" * max(0, sent_bytes - 2))[:sent_bytes]
-    writer.write(head.encode("latin-1") + body)
-    await writer.drain()
-
-
-async def _wait_until_client_leaves(reader: asyncio.StreamReader) -> None:
-    while await reader.read(65536):
-        pass
-
-
-def _abort_with_reset(writer: asyncio.StreamWriter) -> None:
-    sock = writer.get_extra_info("socket")
-    if sock is not None:  # SO_LINGER 0: close() sends RST instead of FIN
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    writer.transport.abort()
-
-
-def _reason(status: int) -> str:
-    try:
-        return HTTPStatus(status).phrase
-    except ValueError:
-        return "Unknown"
-
-
-def _http_date(seconds_from_now: float) -> str:
-    return email.utils.formatdate(time.time() + seconds_from_now, usegmt=True)
