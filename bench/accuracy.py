@@ -27,8 +27,8 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from backfill_quality.config import Thresholds  # noqa: E402
 from backfill_quality.models import BBox, Subject  # noqa: E402
+from backfill_quality.scoring.detectors.heuristic import detect_subject  # noqa: E402
 from backfill_quality.scoring.imaging import WorkingImage, decode_image  # noqa: E402
-from backfill_quality.scoring.subject import detect_subject  # noqa: E402
 
 DEFAULT_MANIFEST = REPO_ROOT.parent / "shared" / "data" / "birds-dev" / "manifest.csv"
 BASELINE_BOX = BBox(0.15, 0.15, 0.7, 0.7)

@@ -4,7 +4,7 @@ Usage: python bench/detector_lab.py [--manifest PATH] [--verbose]
 
 The production detector thresholds its saliency map once (Otsu). This lab recomputes the same
 map for every bird photo through the detector's own private steps (so it stays in step
-with `backfill_quality.scoring.subject`; module constants can be
+with `backfill_quality.scoring.detectors.heuristic`; module constants can be
 patched before `prepare` to sweep them), then
 builds one candidate box per threshold Otsu x MULTIPLIERS (geometric, 0.5-2.0) and prints, for
 each way of picking a box, CorLoc / mean IoU / size-band agreement on all photos and on each half
@@ -18,8 +18,8 @@ working-copy resolution, stability across neighbouring thresholds, rank mixes), 
 (coordinate-wise median of the boxes over a window of thresholds, or over the thresholds whose
 Otsu between-class variance is within a share of the best), and snapping box edges near the frame
 to the frame (the large-bird case). Results of the last round are in the docstring of
-`backfill_quality/scoring/subject.py` (the "measured and dropped" list) and in the closing note of
-issue 6. Nothing here is imported by the package.
+`backfill_quality/scoring/detectors/heuristic.py` (the "measured and dropped" list) and in the
+closing note of issue 6. Nothing here is imported by the package.
 """
 
 from __future__ import annotations
@@ -49,7 +49,8 @@ from accuracy import (  # noqa: E402
 )
 
 from backfill_quality.models import BBox  # noqa: E402
-from backfill_quality.scoring import subject as det  # noqa: E402
+from backfill_quality.scoring.detectors import heuristic as det  # noqa: E402
+from backfill_quality.scoring.detectors import primitives  # noqa: E402
 
 FloatMap = NDArray[np.float32]
 MULTIPLIERS = tuple(float(v) for v in np.round(np.geomspace(0.5, 2.0, 25), 3))
@@ -111,11 +112,11 @@ def prepare(sample: Sample) -> Prepared | None:
     inner = rgb[top : rgb.shape[0] - bottom, left : rgb.shape[1] - right]
     lab = det._cell_lab(inner)
     saliency = det._saliency(det._border_distance(lab))
-    peak, otsu = float(saliency.max()), det._otsu(saliency)
+    peak, otsu = float(saliency.max()), primitives.otsu_threshold(saliency)
     candidates = []
     for multiplier in MULTIPLIERS:
         threshold = max(multiplier * otsu, det.MIN_THRESHOLD_SHARE * peak)
-        labels = det._label(saliency >= threshold)
+        labels = primitives.label_components(saliency >= threshold)
         ids, inverse = np.unique(labels, return_inverse=True)
         masses = np.bincount(inverse.ravel(), weights=saliency.ravel())
         masses[ids == 0] = 0.0

@@ -35,8 +35,8 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from backfill_quality.demo.synthetic import make_bird_image, make_empty_image  # noqa: E402
 from backfill_quality.models import Subject  # noqa: E402
+from backfill_quality.scoring.detectors.heuristic import detect_subject  # noqa: E402
 from backfill_quality.scoring.imaging import decode_image  # noqa: E402
-from backfill_quality.scoring.subject import detect_subject  # noqa: E402
 
 PHOTO_DIR = REPO_ROOT.parent / "shared" / "data" / "birds-dev"
 DEFAULT_REFERENCE = REPO_ROOT / "bench" / "out" / "detector-reference.json"

@@ -11,8 +11,8 @@ import pytest
 
 from backfill_quality.demo.synthetic import BirdBox, make_bird_image, make_empty_image
 from backfill_quality.models import BBox, Subject
+from backfill_quality.scoring.detectors.heuristic import _frame_widths, detect_subject
 from backfill_quality.scoring.imaging import decode_image
-from backfill_quality.scoring.subject import _frame_widths, detect_subject
 
 BIRDS_DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "birds-dev"
 SEEDS = (0, 2, 3, 4)
@@ -182,9 +182,10 @@ def test_corloc_on_real_bird_photos() -> None:
             found_area = subject.bbox.area if subject else 0.0
             bands += size_band(found_area) == size_band(truth.area)
             total += 1
-    assert total == 90
-    # Detector: CorLoc 0.811 (73/90), mean IoU 0.621, size-band 0.800 (72/90); centred 0.7
-    # box: 0.633 / 0.542 / 0.811. Size-band target 0.85 not reached yet (issue 6).
-    assert hits / total >= 0.80
+    assert total == 300
+    # Heuristic detector on the 300 birds of birds-dev (bench/accuracy.py): CorLoc 0.757, mean IoU
+    # 0.613, size-band 0.813; the centred 0.7 box: 0.640 / 0.550 / 0.857. A floor that catches a
+    # regression, not a target: the learned detector is the one that finds birds.
+    assert hits / total >= 0.74
     assert sum(ious) / total >= 0.60
-    assert bands / total >= 0.78
+    assert bands / total >= 0.79

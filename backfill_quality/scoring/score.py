@@ -11,8 +11,8 @@ from typing import Any
 from backfill_quality.config import DEFAULT_MAX_PIXELS, Thresholds
 from backfill_quality.models import Analysis, Measurements
 from backfill_quality.scoring.checks import evaluate
+from backfill_quality.scoring.detectors.heuristic import detect_subject
 from backfill_quality.scoring.imaging import decode_image, measure_brightness
-from backfill_quality.scoring.subject import detect_subject
 
 
 def measure(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Measurements:
