@@ -26,7 +26,23 @@ OWNERS = {
     "typer": {"cli/"},
 }
 # modules at the bottom of the import graph: they import no other project module but these
-FOUNDATION = {"errors.py": set(), "models.py": set(), "config.py": {"errors"}}
+FOUNDATION = {
+    "errors.py": set(),
+    "models.py": set(),
+    "config.py": {"errors"},
+    "redaction.py": set(),
+}
+LEAVES = {"config", "models", "errors", "redaction"}
+# folder -> the folders it may import (besides the leaves and itself); imports point one way:
+# cli -> pipeline -> fetching / scoring / db -> leaves, and demo beside the pipeline
+LAYERS = {
+    "cli": {"pipeline", "fetching", "scoring", "db", "demo"},
+    "pipeline": {"fetching", "scoring", "db"},
+    "demo": {"pipeline", "scoring", "db"},
+    "fetching": set(),
+    "scoring": set(),
+    "db": set(),
+}
 
 
 def imports_of(path: Path) -> set[str]:
@@ -72,6 +88,44 @@ def test_foundation_modules_import_nothing_above_them() -> None:
             if imported.startswith("backfill_quality.")
         }
         assert project <= allowed, f"{name} imports {project - allowed}"
+
+
+def project_imports(path: Path) -> set[str]:
+    """The project modules `path` imports, as dotted names below backfill_quality."""
+    names = set()
+    for imported in imports_of(path):
+        if imported.startswith("backfill_quality."):
+            names.add(imported.removeprefix("backfill_quality."))
+    return names
+
+
+def test_every_module_lives_in_a_folder_or_is_a_leaf() -> None:
+    loose = {p.stem for p in PACKAGE.glob("*.py")} - LEAVES - {"__init__", "__main__"}
+    folders = {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").exists()}
+    assert loose == set(), f"modules outside a folder: {sorted(loose)}"
+    assert folders - {"migrations"} == set(LAYERS), "a folder without a rule in LAYERS"
+
+
+@pytest.mark.parametrize("folder", sorted(LAYERS))
+def test_imports_point_one_way(folder: str) -> None:
+    allowed = LAYERS[folder] | LEAVES | {folder}
+    offenders = []
+    for path in sorted((PACKAGE / folder).rglob("*.py")):
+        for name in project_imports(path):
+            if name.split(".")[0] not in allowed:
+                offenders.append(f"{path.relative_to(PACKAGE)} imports {name}")
+    assert offenders == []
+
+
+def test_scoring_is_pure() -> None:
+    """Bytes in, result out: no module of scoring/ opens a socket, a database or a file."""
+    forbidden = {"httpx", "h11", "psycopg", "socket", "asyncio", "subprocess", "typer", "rich"}
+    offenders = []
+    for path in sorted((PACKAGE / "scoring").rglob("*.py")):
+        for name in imports_of(path):
+            if name.split(".")[0] in forbidden:
+                offenders.append(f"{path.relative_to(PACKAGE)} imports {name}")
+    assert offenders == []
 
 
 def test_only_the_cli_imports_the_cli() -> None:

@@ -89,10 +89,15 @@ def test_scores_every_row_and_counts_pages(
     database_url: str, tmp_path: Path, bird_url: str
 ) -> None:
     fill(database_url, [bird_url] * 23)
-    # One image downloading at a time (and at most two more waiting to be scored), so no write
-    # batch can complete two pages at once: the checkpoint is saved after each of the 5 pages.
+    # --delay makes each page wait for the last one to be written, so no write batch can complete
+    # two pages at once however the machine schedules us: the checkpoint is saved after each of
+    # the 5 pages. (Without it, rows of the next page may be written in the same batch.)
     summary, reporter = run(
-        database_url, tmp_path, batch_size=5, fetch=FetchSettings(retries=0, concurrency=1)
+        database_url,
+        tmp_path,
+        batch_size=5,
+        delay_ms=1,
+        fetch=FetchSettings(retries=0, concurrency=1),
     )
     assert (summary.processed, summary.succeeded, summary.failed) == (23, 23, 0)
     assert all(s is not None and 0 <= s <= 100 for s in scores(database_url))

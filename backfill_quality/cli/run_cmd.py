@@ -29,7 +29,8 @@ from backfill_quality.pipeline.notify import (
     notify_run_end,
     notify_run_failure,
 )
-from backfill_quality.pipeline.runner import EXIT_SIGNALS, Runner
+from backfill_quality.pipeline.runner import Runner
+from backfill_quality.pipeline.signals import EXIT_SIGNALS
 from backfill_quality.redaction import register_database_secrets
 
 RUN_EPILOG = """Examples:

@@ -26,7 +26,7 @@ from backfill_quality.errors import ConfigError
 from backfill_quality.models import RunSummary
 from backfill_quality.pipeline.notify import NotifySettings, Webhook, summary_payload
 from backfill_quality.pipeline.progress import Reporter
-from backfill_quality.pipeline.runner import EXIT_SIGNALS
+from backfill_quality.pipeline.signals import EXIT_SIGNALS
 from backfill_quality.pipeline.watch import (
     DEFAULT_POLL_INTERVAL_S,
     DEFAULT_RETRY_FAILED_AFTER_S,

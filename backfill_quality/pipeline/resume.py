@@ -1,12 +1,51 @@
-"""Choosing the checkpoint a run starts from: a new one, a resumed one, or a refusal with advice."""
+"""Where a run starts: a new checkpoint, a resumed one, or a refusal with advice; the rows left."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from backfill_quality import db
 from backfill_quality.config import RunSettings
 from backfill_quality.errors import CheckpointError, ConfigError
-from backfill_quality.pipeline.checkpoint import Checkpoint, load_checkpoint
+from backfill_quality.pipeline.checkpoint import Checkpoint, checkpoint_path_for, load_checkpoint
+from backfill_quality.pipeline.target import describe_target, make_fingerprint
+
+
+@dataclass(frozen=True, slots=True)
+class RunStart:
+    """Where a run starts: its checkpoint and file, its shard's key range, the rows left."""
+
+    checkpoint: Checkpoint
+    path: Path
+    id_range: db.IdRange | None
+    left: int
+
+
+def prepare_run(conn: Any, s: RunSettings) -> RunStart:
+    """Check the target, choose the checkpoint (new, resumed or refused), count the rows left."""
+    id_type = db.check_target(conn, s.target)
+    database = db.describe_database(conn)
+    fingerprint = make_fingerprint(database=database, target=s.target, shard=s.shard)
+    path = checkpoint_path_for(s.checkpoint_path, dry_run=s.dry_run, shard=s.shard)
+    description = describe_target(database=database, target=s.target, shard=s.shard)
+    checkpoint = prepare_checkpoint(s, path, fingerprint, description)
+    mark = checkpoint.last_processed_id
+    if checkpoint.failed_images:
+        # rows that failed past the mark are met again: count them once, when they are
+        ids = [f.id for f in checkpoint.failed_images]
+        past = (
+            set(ids) if mark is None else db.ids_after(conn, s.target, ids, mark, id_type=id_type)
+        )
+        checkpoint.forget_failures(past)
+    id_range = db.key_range_for_shard(conn, s.target, id_type, s.shard) if s.shard else None
+    left = db.count_unscored(conn, s.target, after_id=mark, id_range=id_range)
+    if s.limit is not None:
+        left = min(left, s.limit)
+    checkpoint.total = checkpoint.processed + left
+    checkpoint.finished = False
+    return RunStart(checkpoint, path, id_range, left)
 
 
 def prepare_checkpoint(

@@ -9,8 +9,6 @@ after the last checkpoint, and the guarded UPDATE makes redoing them harmless.
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 import time
 from collections import deque
 from collections.abc import Collection
@@ -28,12 +26,11 @@ from backfill_quality.pipeline.checkpoint import Checkpoint, checkpoint_path_for
 from backfill_quality.pipeline.dbsession import DatabaseSession
 from backfill_quality.pipeline.lowwater import LowWaterMark
 from backfill_quality.pipeline.progress import EtaEstimator, Reporter
-from backfill_quality.pipeline.resume import prepare_checkpoint
+from backfill_quality.pipeline.resume import RunStart, prepare_run
 from backfill_quality.pipeline.scoringpool import ScoringPool
-from backfill_quality.pipeline.target import describe_target, make_fingerprint
+from backfill_quality.pipeline.signals import StopSignals
 
 NOTHING_TO_DO = "No images need quality score backfill"
-EXIT_SIGNALS = {"SIGINT": 130, "SIGTERM": 143}
 WRITE_BATCH_MAX = 50
 SCORING_BACKLOG_PER_WORKER = 4
 """Downloaded images that may wait for a scoring process, per process, beyond --concurrency."""
@@ -73,7 +70,6 @@ class Runner:
     ) -> None:
         self.settings = settings
         self.reporter = reporter
-        self._handle_signals = handle_signals
         self._skip_ids = frozenset(skip_ids)  # watch mode: failed rows held back for a while
         self._interrupted: str | None = None
         self._fatal: BaseException | None = None
@@ -88,7 +84,7 @@ class Runner:
         )
         self._started = time.monotonic()
         self._resumed_processed = 0
-        self._previous_handlers: dict[int, Any] = {}
+        self._signals = StopSignals(self._on_signal) if handle_signals else None
         self._main: asyncio.Task[RunSummary] | None = None
         self._session: DatabaseSession | None = None
         self._eta = EtaEstimator()
@@ -101,7 +97,8 @@ class Runner:
         session = DatabaseSession(self.settings.database_url, on_reconnect=self.reporter.warning)
         self._session = session
         self._main = asyncio.current_task()
-        self._install_signal_handlers()
+        if self._signals is not None:
+            self._signals.install()
         try:
             try:
                 await session.open()
@@ -114,9 +111,9 @@ class Runner:
                 if self._interrupted is None:
                     raise
                 return self._summary_before_start()
-            checkpoint, path, id_range, left = start
+            checkpoint, path = start.checkpoint, start.path
             save_checkpoint(path, checkpoint)  # from now on, --resume has something to resume
-            if left == 0:
+            if start.left == 0:
                 return self._finish_empty(checkpoint, path)
             self.reporter.start(
                 total=checkpoint.total,
@@ -125,7 +122,7 @@ class Runner:
             )
             if checkpoint.processed:  # resumed: the bar starts where the last run stopped
                 self.reporter.page_done(checkpoint)
-            await self._pipeline(session, checkpoint, path, id_range)
+            await self._pipeline(session, checkpoint, path, start.id_range)
             return self._summary(checkpoint, path)
         finally:
             if self._interrupted is not None:
@@ -133,35 +130,14 @@ class Runner:
             # closing joins the session's thread: off the loop, so a second signal still works
             await asyncio.to_thread(session.close)
             self._pool.shutdown()
-            self._remove_signal_handlers()
+            if self._signals is not None:
+                self._signals.remove()
 
-    def _prepare(self, conn: Any) -> tuple[Checkpoint, Path, db.IdRange | None, int]:
+    def _prepare(self, conn: Any) -> RunStart:
         """On the database thread: check the target, choose the checkpoint, count the rows."""
-        s = self.settings
-        id_type = db.check_target(conn, s.target)
-        database = db.describe_database(conn)
-        fingerprint = make_fingerprint(database=database, target=s.target, shard=s.shard)
-        path = checkpoint_path_for(s.checkpoint_path, dry_run=s.dry_run, shard=s.shard)
-        description = describe_target(database=database, target=s.target, shard=s.shard)
-        checkpoint = prepare_checkpoint(s, path, fingerprint, description)
-        mark = checkpoint.last_processed_id
-        if checkpoint.failed_images:
-            # rows that failed past the mark are met again: count them once, when they are
-            ids = [f.id for f in checkpoint.failed_images]
-            past = (
-                set(ids)
-                if mark is None
-                else db.ids_after(conn, s.target, ids, mark, id_type=id_type)
-            )
-            checkpoint.forget_failures(past)
-        self._resumed_processed = checkpoint.processed
-        id_range = db.key_range_for_shard(conn, s.target, id_type, s.shard) if s.shard else None
-        left = db.count_unscored(conn, s.target, after_id=mark, id_range=id_range)
-        if s.limit is not None:
-            left = min(left, s.limit)
-        checkpoint.total = checkpoint.processed + left
-        checkpoint.finished = False
-        return checkpoint, path, id_range, left
+        start = prepare_run(conn, self.settings)
+        self._resumed_processed = start.checkpoint.processed
+        return start
 
     def _finish_empty(self, checkpoint: Checkpoint, path: Path) -> RunSummary:
         self.reporter.info(NOTHING_TO_DO)
@@ -384,8 +360,6 @@ class Runner:
                 task.cancel()
 
     def _on_signal(self, name: str) -> None:
-        if self._interrupted is not None:
-            os._exit(EXIT_SIGNALS[name])  # second signal: the last checkpoint on disk is whole
         self._interrupted = name
         self._pool.stop_replacing()
         self.reporter.warning(
@@ -393,24 +367,6 @@ class Runner:
             "(press Ctrl+C again to exit at once)"
         )
         self._stop()
-
-    def _install_signal_handlers(self) -> None:
-        if not self._handle_signals:
-            return
-        loop = asyncio.get_running_loop()
-        for name in EXIT_SIGNALS:
-            signum = getattr(signal, name)
-            self._previous_handlers[signum] = signal.getsignal(signum)
-            loop.add_signal_handler(signum, self._on_signal, name)
-
-    def _remove_signal_handlers(self) -> None:
-        """Put back the handlers found at start (not the default), so a caller that runs
-        several cycles (watch) is never left without its own."""
-        loop = asyncio.get_running_loop()
-        for signum, previous in self._previous_handlers.items():
-            loop.remove_signal_handler(signum)
-            signal.signal(signum, previous)
-        self._previous_handlers.clear()
 
     def _summary_before_start(self) -> RunSummary:
         """Interrupted while starting: nothing was processed and no checkpoint was written."""

@@ -1,0 +1,49 @@
+"""SIGINT and SIGTERM during a run: the first asks it to stop cleanly, the second exits at once."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import Callable
+from typing import Any
+
+EXIT_SIGNALS = {"SIGINT": 130, "SIGTERM": 143}
+"""The exit code after each signal (128 + its number), as shells report it."""
+
+
+class StopSignals:
+    """Handlers on the running loop: `on_first(name)` for the first signal, `os._exit` for the
+    second (the last checkpoint on disk is whole, so nothing is lost by not waiting)."""
+
+    def __init__(self, on_first: Callable[[str], None]) -> None:
+        self._on_first = on_first
+        self._received: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    @property
+    def received(self) -> str | None:
+        """The name of the first signal received, if any."""
+        return self._received
+
+    def install(self) -> None:
+        loop = asyncio.get_running_loop()
+        for name in EXIT_SIGNALS:
+            signum = getattr(signal, name)
+            self._previous[signum] = signal.getsignal(signum)
+            loop.add_signal_handler(signum, self._handle, name)
+
+    def remove(self) -> None:
+        """Put back the handlers found at start (not the default), so a caller that runs
+        several cycles (watch) is never left without its own."""
+        loop = asyncio.get_running_loop()
+        for signum, previous in self._previous.items():
+            loop.remove_signal_handler(signum)
+            signal.signal(signum, previous)
+        self._previous.clear()
+
+    def _handle(self, name: str) -> None:
+        if self._received is not None:
+            os._exit(EXIT_SIGNALS[name])
+        self._received = name
+        self._on_first(name)
