@@ -398,7 +398,8 @@ class Runner:
             elapsed_s=elapsed_s,
             rate_per_s=done_now / elapsed_s if elapsed_s > 0 else 0.0,
             dry_run=checkpoint.dry_run,
-            interrupted=self._interrupted,
+            # a signal after the last row was saved finds the work done: not an interruption
+            interrupted=None if checkpoint.finished else self._interrupted,
             failed_images=tuple((f.id, f.url, f.error) for f in checkpoint.failed_images),
             checkpoint_path=str(path),
         )

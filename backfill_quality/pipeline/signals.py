@@ -34,12 +34,16 @@ class StopSignals:
             loop.add_signal_handler(signum, self._handle, name)
 
     def remove(self) -> None:
-        """Put back the handlers found at start (not the default), so a caller that runs
-        several cycles (watch) is never left without its own."""
+        """Put back the handlers found at start, so a caller that runs several cycles (watch) is
+        never left without its own. Where those were the defaults (which kill the process or
+        raise KeyboardInterrupt), a signal from now on finds the run over, its checkpoint
+        saved: the first is ignored so the summary still prints and the exit code still says
+        how the run ended; a second exits at once."""
         loop = asyncio.get_running_loop()
         for signum, previous in self._previous.items():
             loop.remove_signal_handler(signum)
-            signal.signal(signum, previous)
+            is_default = previous in (signal.SIG_DFL, signal.default_int_handler)
+            signal.signal(signum, _after_the_run if is_default else previous)
         self._previous.clear()
 
     def _handle(self, name: str) -> None:
@@ -47,3 +51,13 @@ class StopSignals:
             os._exit(EXIT_SIGNALS[name])
         self._received = name
         self._on_first(name)
+
+
+_late_signals: list[str] = []
+
+
+def _after_the_run(signum: int, frame: object) -> None:
+    name = signal.Signals(signum).name
+    if _late_signals:
+        os._exit(EXIT_SIGNALS.get(name, 128 + signum))
+    _late_signals.append(name)
