@@ -24,6 +24,10 @@ DEFAULT_RETRIES = 3
 MAX_URL_LENGTH = 8192
 DEFAULT_MAX_PIXELS = 100_000_000
 DEFAULT_DEMO_ROWS = 300
+DEFAULT_DETECTOR = "learned"
+COCO_BIRD_CLASS = 14
+"""The class index of "bird" in the 80 COCO classes most detectors are trained on."""
+DETECTOR_KINDS = ("learned", "heuristic", "onnx")
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +121,42 @@ class Shard:
 
 
 @dataclass(frozen=True, slots=True)
+class DetectorChoice:
+    """Which subject detector finds the bird: the learned models (default), the NumPy heuristic,
+    or the user's own YOLO-family ONNX model (`onnx:PATH`) whose class `bird_class` is a bird."""
+
+    kind: str = DEFAULT_DETECTOR
+    model_path: Path | None = None
+    bird_class: int = COCO_BIRD_CLASS
+
+    def __post_init__(self) -> None:
+        if self.kind not in DETECTOR_KINDS:
+            raise ConfigError(f"--detector {self.kind!r}: expected learned, heuristic or onnx:PATH")
+        if (self.kind == "onnx") != (self.model_path is not None):
+            raise ConfigError("--detector onnx:PATH needs the path of an ONNX model file")
+        if self.bird_class < 0:
+            raise ConfigError("--bird-class must be 0 or more")
+
+    def __str__(self) -> str:
+        return f"onnx:{self.model_path}" if self.kind == "onnx" else self.kind
+
+
+def parse_detector(text: str, bird_class: int = COCO_BIRD_CLASS) -> DetectorChoice:
+    """`learned`, `heuristic` or `onnx:PATH` -> DetectorChoice; ConfigError otherwise."""
+    kind, sep, path = text.strip().partition(":")
+    if sep and kind == "onnx":
+        if not path:
+            raise ConfigError("--detector onnx:PATH needs the path of an ONNX model file")
+        return DetectorChoice("onnx", Path(path).expanduser(), bird_class)
+    if sep or kind not in ("learned", "heuristic"):
+        raise ConfigError(
+            f"--detector {text!r}: expected learned, heuristic or onnx:PATH "
+            "(for example --detector onnx:./yolov8n.onnx)"
+        )
+    return DetectorChoice(kind, None, bird_class)
+
+
+@dataclass(frozen=True, slots=True)
 class RunSettings:
     """Everything one `run` needs."""
 
@@ -135,6 +175,7 @@ class RunSettings:
     shard: Shard | None = None
     workers: int | None = None
     max_pixels: int = DEFAULT_MAX_PIXELS
+    detector: DetectorChoice = field(default_factory=DetectorChoice)
 
     def __post_init__(self) -> None:
         if not 1 <= self.batch_size <= MAX_BATCH_SIZE:

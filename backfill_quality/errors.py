@@ -56,3 +56,8 @@ class FetchError(BackfillError):
 
 class DecodeError(BackfillError):
     """The bytes are not an image we can decode (not an image, truncated, too many pixels)."""
+
+
+class ModelError(BackfillError):
+    """A model file of the detector is missing, unreadable or not a usable model: the
+    installation is broken (or --detector onnx:PATH names a bad file), so nothing can be scored."""

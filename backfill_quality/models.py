@@ -49,6 +49,10 @@ class Measurements:
     height: int
     brightness: float
     subject: Subject | None
+    presence: float | None = None
+    """Probability (0-1) that a bird is in the picture; None when the detector cannot tell."""
+    detector: str = "heuristic"
+    """The name of the detector that found the subject."""
 
 
 @dataclass(frozen=True, slots=True)

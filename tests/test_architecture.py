@@ -21,7 +21,14 @@ OWNERS = {
     "psycopg": {"db/"},
     "httpx": {"fetching/"},
     "h11": {"fetching/transport.py", "fetching/exchange.py"},
-    "PIL": {"scoring/imaging.py", "scoring/annotate.py", "demo/synthetic.py"},
+    "PIL": {
+        "scoring/imaging.py",
+        "scoring/annotate.py",
+        "demo/synthetic.py",
+        "demo/compose.py",
+        "demo/photos.py",
+    },
+    "onnxruntime": {"scoring/detectors/runtime.py"},
     "rich": {"cli/reporters.py", "cli/views.py"},
     "typer": {"cli/"},
 }

@@ -18,7 +18,19 @@ from tests.support.cli import CHECKPOINT_NAME, invoke_in_process, read_checkpoin
 from tests.support.table import UserTable, apply_migrations, sample_images, serve_valid_images
 
 COMMANDS = ("run", "score", "status", "migrate", "demo")
-SCORE_KEYS = {"source", "width", "height", "score", "category", "brightness", "subject", "checks"}
+SCORE_KEYS = {
+    "source",
+    "width",
+    "height",
+    "score",
+    "category",
+    "brightness",
+    "subject",
+    "checks",
+} | {
+    "detector",
+    "presence",
+}
 CHECK_NAMES = {"birdSize", "positioning", "resolution", "contrast", "primarySubject"}
 RUN_OPTIONS = (
     "--database-url",

@@ -18,8 +18,11 @@ import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from backfill_quality.config import Thresholds, parse_detector
 from backfill_quality.demo.imageserver import ImageServer
 from backfill_quality.pipeline.checkpoint import Checkpoint, save_checkpoint
+from backfill_quality.scoring.detectors.factory import load_detector
+from backfill_quality.scoring.score import score_image
 from tests.support.cli import (
     CHECKPOINT_NAME,
     DRY_RUN_CHECKPOINT_NAME,
@@ -37,6 +40,7 @@ from tests.support.table import (
     UserTable,
     apply_migrations,
     broken_urls,
+    sample_images,
     serve_valid_images,
 )
 
@@ -580,3 +584,59 @@ def test_json_logs_are_one_event_per_line(
         assert summary[key] == checkpoint[key], key
     assert (summary["processed"], summary["succeeded"], summary["failed"]) == (9, 8, 1)
     assert table.audit_writes() == Counter(keys(valid_rows))
+
+
+# --- the detector ---------------------------------------------------------------------------------
+
+
+def test_a_model_that_cannot_load_stops_the_run_at_start_and_writes_nothing(
+    database_url: str, image_server: ImageServer, tmp_path: Path
+) -> None:
+    table = images_table(database_url)
+    rows = table.insert(list(serve_valid_images(image_server, 3)))
+    bogus = tmp_path / "mine.onnx"
+    bogus.write_bytes(b"\x08\x07not really a model")
+
+    result = run(tmp_path, database_url, "--detector", f"onnx:{bogus}", *FAST_FETCH)
+
+    assert result.exit_code == 1, result.output
+    assert "mine.onnx is not a usable ONNX model" in result.output
+    assert "Traceback" not in result.output
+    assert_null(table, rows)
+    assert not table.audit_writes()
+
+
+def test_an_unknown_detector_is_a_usage_error(
+    database_url: str, image_server: ImageServer, tmp_path: Path
+) -> None:
+    table = images_table(database_url)
+    rows = table.insert(list(serve_valid_images(image_server, 2)))
+
+    result = run(tmp_path, database_url, "--detector", "yolo", *FAST_FETCH)
+
+    assert result.exit_code == 2, result.output
+    assert "--detector 'yolo'" in result.output and "onnx:PATH" in result.output
+    assert_null(table, rows)
+    assert not (tmp_path / CHECKPOINT_NAME).exists()
+
+
+def test_the_heuristic_detector_scores_as_it_does_in_process(
+    database_url: str, image_server: ImageServer, tmp_path: Path
+) -> None:
+    """--detector heuristic reaches the scoring processes: every row gets the heuristic's score
+    (the photo without a bird too, which the heuristic cannot tell: not 55 but 'high')."""
+    table = images_table(database_url)
+    samples = {s.name: s for s in sample_images()}
+    heuristic = load_detector(parse_detector("heuristic"))
+    expected = {}
+    for name in ("bird.jpg", "no-bird.jpg"):
+        url = image_server.add(f"/h/{name}", samples[name].data, samples[name].content_type)
+        expected[url] = score_image(samples[name].data, Thresholds(), heuristic).score
+    rows = table.insert(list(expected))
+
+    result = run(tmp_path, database_url, "--detector", "heuristic", *FAST_FETCH)
+
+    assert result.exit_code == 0, result.output
+    assert_scored(table, rows, expected)
+    no_bird_url = next(url for url in expected if url.endswith("no-bird.jpg"))
+    assert expected[no_bird_url] != samples["no-bird.jpg"].expected_score  # learned: 55

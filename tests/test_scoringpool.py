@@ -10,8 +10,8 @@ from concurrent.futures.process import BrokenProcessPool
 
 import pytest
 
-from backfill_quality.config import DEFAULT_MAX_PIXELS, Thresholds
-from backfill_quality.demo.synthetic import make_bird_image
+from backfill_quality.config import DEFAULT_MAX_PIXELS, DetectorChoice, Thresholds
+from backfill_quality.demo.photos import photo_bytes
 from backfill_quality.errors import BackfillError
 from backfill_quality.pipeline.scoringpool import (
     KEEP_CRASHING,
@@ -22,7 +22,7 @@ from backfill_quality.pipeline.scoringpool import (
 from backfill_quality.scoring.score import score_only
 from tests.support.faults import kill_scoring_workers
 
-PHOTO = make_bird_image(seed=7, width=1600, height=1200)
+PHOTO = photo_bytes("owl.jpg")
 
 
 @pytest.fixture
@@ -41,6 +41,7 @@ def pool(give_ups: list[BackfillError], restarts: list[str]) -> Iterator[Scoring
         workers=1,
         thresholds=Thresholds(),
         max_pixels=DEFAULT_MAX_PIXELS,
+        detector=DetectorChoice(),
         on_give_up=give_ups.append,
         on_restart=restarts.append,
     )
@@ -55,7 +56,7 @@ def test_a_killed_worker_is_replaced_and_the_image_still_scored(
 ) -> None:
     assert kill_scoring_workers(os.getpid()) >= 1
     score = asyncio.run(pool.score(PHOTO))
-    assert score == score_only(PHOTO, Thresholds(), DEFAULT_MAX_PIXELS)
+    assert score == score_only(PHOTO, Thresholds(), DEFAULT_MAX_PIXELS, DetectorChoice(), 1)
     assert give_ups == []
     assert restarts == [RESTARTED]
     assert asyncio.run(pool.score(PHOTO)) == score  # the replacement keeps working

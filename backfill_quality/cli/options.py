@@ -161,6 +161,32 @@ Workers = Annotated[
     int | None,
     typer.Option(min=1, help="Scoring processes (default: one per CPU this process may use)."),
 ]
+DETECT_PANEL = "Detection"
+DetectorOption = Annotated[
+    str,
+    typer.Option(
+        "--detector",
+        metavar="learned|heuristic|onnx:PATH",
+        envvar="BACKFILL_DETECTOR",
+        help="What finds the bird: learned (the shipped networks), heuristic (NumPy, fast, "
+        "no models, finds the most distinct thing), or onnx:PATH (your own YOLO-family model "
+        "exported to ONNX in the Ultralytics layout).",
+        rich_help_panel=DETECT_PANEL,
+    ),
+]
+BirdClass = Annotated[
+    int,
+    typer.Option(
+        "--bird-class",
+        min=0,
+        envvar="BACKFILL_BIRD_CLASS",
+        help="With --detector onnx:PATH: the class index that is a bird (COCO: 14).",
+        rich_help_panel=DETECT_PANEL,
+    ),
+]
+DEFAULT_DETECTOR = config.DEFAULT_DETECTOR
+DEFAULT_BIRD_CLASS = config.COCO_BIRD_CLASS
+
 Quiet = Annotated[
     bool,
     typer.Option(

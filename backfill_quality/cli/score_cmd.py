@@ -11,7 +11,12 @@ import typer
 from backfill_quality.cli import options as o
 from backfill_quality.cli.app import EXIT_OK, EXIT_SOME_FAILED, app, error_boundary
 from backfill_quality.cli.views import print_analysis, print_error
-from backfill_quality.config import FetchSettings, thresholds_with_overrides
+from backfill_quality.config import (
+    FetchSettings,
+    available_cpus,
+    parse_detector,
+    thresholds_with_overrides,
+)
 from backfill_quality.errors import BackfillError
 from backfill_quality.fetching.fetcher import fetch_one
 from backfill_quality.models import Analysis
@@ -23,6 +28,8 @@ SCORE_EPILOG = """Examples:
   backfill-quality score https://example.org/bird.jpg --json | jq .score
 
   backfill-quality score photo.jpg --annotate photo-checked.png
+
+  backfill-quality score photo.jpg --detector onnx:yolov8n.onnx
 """
 
 
@@ -58,20 +65,24 @@ def score(
     ] = None,
     timeout: Annotated[float, typer.Option(min=0.001, metavar="S")] = 30.0,
     threshold: o.ThresholdOverrides = None,
+    detector: o.DetectorOption = o.DEFAULT_DETECTOR,
+    bird_class: o.BirdClass = o.DEFAULT_BIRD_CLASS,
     verbose: o.Verbose = False,
 ) -> None:
     """Score single images: the five checks with their reasons (the original's "test a single
     image")."""
     failures = 0
     with error_boundary(verbose=verbose):
-        from backfill_quality.scoring.score import analysis_to_dict, score_image  # NumPy, Pillow
+        from backfill_quality.scoring.detectors.factory import load_detector  # NumPy, ONNX
+        from backfill_quality.scoring.score import analysis_to_dict, score_image  # Pillow
 
         thresholds = thresholds_with_overrides(threshold or [])
+        finder = load_detector(parse_detector(detector, bird_class), available_cpus())
         fetch = FetchSettings(timeout_s=timeout)
         for index, source in enumerate(sources, start=1):
             try:
                 data = read_source(source, fetch)
-                analysis = score_image(data, thresholds)
+                analysis = score_image(data, thresholds, finder)
                 if annotate is not None:
                     write_annotation(data, analysis, annotate_path(annotate, index, len(sources)))
             except BackfillError as exc:

@@ -34,8 +34,10 @@ def print_analysis(source: str, analysis: Analysis, console: Console | None = No
         f"[bold]{source}[/bold]  {m.width}x{m.height}  brightness {m.brightness:.0f}  "
         f"score [bold {style}]{analysis.score}[/] ([{style}]{analysis.category}[/])"
     )
+    presence = "" if m.presence is None else f", bird probability {m.presence:.2f}"
+    out.print(f"  detector: {m.detector}{presence}")
     if m.subject is None:
-        out.print("  subject: none detected")
+        out.print("  subject: no bird found")
     else:
         b = m.subject.bbox
         out.print(

@@ -19,6 +19,7 @@ from backfill_quality.config import (
     DEFAULT_RETRIES,
     DEFAULT_TIMEOUT_S,
     RunSettings,
+    parse_detector,
     resolve_shard,
     thresholds_with_overrides,
 )
@@ -113,6 +114,8 @@ def watch(
     shard_count: o.ShardCount = None,
     workers: o.Workers = None,
     threshold: o.ThresholdOverrides = None,
+    detector: o.DetectorOption = o.DEFAULT_DETECTOR,
+    bird_class: o.BirdClass = o.DEFAULT_BIRD_CLASS,
     verbose: o.Verbose = False,
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="Only warnings and one line per cycle.")
@@ -134,6 +137,7 @@ def watch(
                 deny_private_networks=deny_private_networks,
             ),
             thresholds=thresholds_with_overrides(threshold or []),
+            detector=parse_detector(detector, bird_class),
             batch_size=batch_size,
             checkpoint_path=checkpoint,
             workers=workers,

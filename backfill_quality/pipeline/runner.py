@@ -79,6 +79,7 @@ class Runner:
             workers=settings.workers or available_cpus(),
             thresholds=settings.thresholds,
             max_pixels=settings.max_pixels,
+            detector=settings.detector,
             on_give_up=self._fail,
             on_restart=reporter.warning,
         )

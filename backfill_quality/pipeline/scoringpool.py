@@ -16,7 +16,7 @@ from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
-from backfill_quality.config import Thresholds
+from backfill_quality.config import DetectorChoice, Thresholds, available_cpus
 from backfill_quality.errors import BackfillError
 from backfill_quality.pipeline.worker import (
     SCORING_MODULE,
@@ -51,12 +51,16 @@ class ScoringPool:
         workers: int,
         thresholds: Thresholds,
         max_pixels: int,
+        detector: DetectorChoice,
         on_give_up: Callable[[BackfillError], None],
         on_restart: Callable[[str], None] = lambda message: None,
     ) -> None:
         self.workers = workers
         self._thresholds = thresholds
         self._max_pixels = max_pixels
+        self._detector = detector
+        # processes x threads = the CPUs we may use: each model session gets its share
+        self._threads = max(1, available_cpus() // workers)
         self._on_give_up = on_give_up
         self._on_restart = on_restart
         self._executor: ProcessPoolExecutor | None = None
@@ -73,7 +77,10 @@ class ScoringPool:
         executor = self._executor
         assert executor is not None, "start() the pool first"
         with contextlib.suppress(RuntimeError):  # the run stopped while starting: pool shut
-            for future in [executor.submit(warm_up) for _ in range(self.workers)]:
+            futures = [
+                executor.submit(warm_up, self._detector, self._threads) for _ in range(self.workers)
+            ]
+            for future in futures:
                 future.result()
 
     async def score(self, data: bytes) -> int:
@@ -105,7 +112,13 @@ class ScoringPool:
         assert executor is not None, "start() the pool first"
         try:
             return await asyncio.get_running_loop().run_in_executor(
-                executor, score_in_worker, data, self._thresholds, self._max_pixels
+                executor,
+                score_in_worker,
+                data,
+                self._thresholds,
+                self._max_pixels,
+                self._detector,
+                self._threads,
             )
         except BrokenProcessPool:
             if executor is self._executor and self._is_replacing:

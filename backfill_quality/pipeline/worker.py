@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import signal
 
-from backfill_quality.config import Thresholds
+from backfill_quality.config import DetectorChoice, Thresholds
 
 SCORING_MODULE = "backfill_quality.scoring.score"
 
@@ -19,13 +19,18 @@ def ignore_signals() -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
-def score_in_worker(data: bytes, thresholds: Thresholds, max_pixels: int) -> int:
+def score_in_worker(
+    data: bytes, thresholds: Thresholds, max_pixels: int, detector: DetectorChoice, threads: int
+) -> int:
     """The overall score of one encoded image (raises DecodeError for unusable bytes)."""
     from backfill_quality.scoring.score import score_only
 
-    return score_only(data, thresholds, max_pixels)
+    return score_only(data, thresholds, max_pixels, detector, threads)
 
 
-def warm_up() -> None:
-    """Run once per process at start: the scoring code is loaded before the first image."""
-    import backfill_quality.scoring.score  # noqa: F401
+def warm_up(detector: DetectorChoice, threads: int) -> None:
+    """Run once per process at start: the scoring code and the detector's models are loaded
+    before the first image (a missing or damaged model file fails the run here, at once)."""
+    from backfill_quality.scoring.detectors.factory import load_detector
+
+    load_detector(detector, threads)

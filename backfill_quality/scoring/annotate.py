@@ -69,7 +69,13 @@ def _summary_lines(analysis: Analysis) -> list[str]:
             f"birds: {subject.count}  visible: {subject.visible_ratio:.0%}  "
             f"confidence: {subject.confidence:.2f}"
         )
-    lines = [f"score {analysis.score} ({analysis.category})", bird]
+    m = analysis.measurements
+    presence = "" if m.presence is None else f"  bird probability: {m.presence:.2f}"
+    lines = [
+        f"score {analysis.score} ({analysis.category})",
+        f"detector: {m.detector}{presence}",
+        bird,
+    ]
     for check in analysis.checks:
         label = CHECK_LABELS.get(check.name, check.name)
         lines.append(f"{label}: {check.score}{'' if check.passed else '  (fail)'}")

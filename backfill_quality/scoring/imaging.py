@@ -208,3 +208,11 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     if image.mode != "RGB":
         return image.convert("RGB")
     return image
+
+
+def resize_rgb(rgb: NDArray[np.uint8], width: int, height: int) -> NDArray[np.uint8]:
+    """An (h, w, 3) uint8 array resized to (height, width, 3), bilinear (the models' input)."""
+    if rgb.shape[0] == height and rgb.shape[1] == width:
+        return rgb
+    resized = Image.fromarray(rgb).resize((width, height), Image.Resampling.BILINEAR)
+    return np.asarray(resized, dtype=np.uint8)

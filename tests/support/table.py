@@ -18,9 +18,11 @@ import psycopg
 from psycopg import sql
 
 from backfill_quality import db
-from backfill_quality.config import Thresholds
+from backfill_quality.config import DetectorChoice, Thresholds
 from backfill_quality.demo.imageserver import ImageServer
-from backfill_quality.demo.synthetic import make_bird_image
+from backfill_quality.demo.photos import photo_bytes, variant
+from backfill_quality.models import BBox
+from backfill_quality.scoring.detectors.factory import load_detector
 from backfill_quality.scoring.score import score_image
 from tests.support.http import closed_port
 
@@ -224,23 +226,23 @@ class SampleImage:
 
 @functools.cache
 def sample_images() -> tuple[SampleImage, ...]:
-    """A few small synthetic photographs (JPEG and PNG) of varied quality, made once."""
-    specs: list[tuple[str, dict[str, Any]]] = [
-        ("bird.jpg", {"seed": 1, "width": 640, "height": 480}),  # high
-        ("bird.png", {"seed": 2, "width": 640, "height": 480, "fmt": "PNG"}),  # high
-        ("small-dim.jpg", {"seed": 13, "width": 160, "height": 120, "brightness": 0.1}),  # medium
-        ("dark.jpg", {"seed": 8, "width": 640, "height": 480, "brightness": 0.03}),  # low
-        ("cut-off.jpg", {"seed": 12, "width": 640, "height": 480, "birds": [(0.7, 0.3, 0.6, 0.5)]}),
-        (
-            "tiny-dark.png",
-            {"seed": 13, "width": 320, "height": 240, "brightness": 0.05, "fmt": "PNG"},
-        ),
+    """Real photographs (the demo's, JPEG and PNG) of varied quality, made once; the score each
+    must get is computed by the default (learned) detector in this process."""
+    duck, owl, macaw = photo_bytes("duck.jpg"), photo_bytes("owl.jpg"), photo_bytes("macaw.jpg")
+    specs: list[tuple[str, bytes]] = [
+        ("bird.jpg", duck),  # high
+        ("bird.png", variant(photo_bytes("kingfisher.jpg"), fmt="PNG")),  # high
+        ("small-dim.jpg", variant(owl, scale=0.35, brightness=0.35)),  # resolution, contrast
+        ("dark.jpg", variant(duck, brightness=0.12)),  # contrast
+        ("cut-off.jpg", variant(macaw, crop=BBox(0.45, 0.0, 0.55, 1.0))),  # positioning
+        ("tiny-dark.png", variant(owl, scale=0.3, brightness=0.1, fmt="PNG")),
+        ("no-bird.jpg", photo_bytes("nobird-dog.jpg")),  # low
     ]
+    detector = load_detector(DetectorChoice())
     images: list[SampleImage] = []
-    for name, kwargs in specs:
-        data = make_bird_image(**kwargs)
+    for name, data in specs:
         content_type = "image/png" if name.endswith(".png") else "image/jpeg"
-        expected = score_image(data, Thresholds()).score
+        expected = score_image(data, Thresholds(), detector).score
         images.append(SampleImage(name, data, content_type, expected))
     return tuple(images)
 

@@ -44,6 +44,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from backfill_quality.models import BBox, Subject
+from backfill_quality.scoring.detectors.base import Detection
 from backfill_quality.scoring.detectors.primitives import (
     BoolMap,
     FloatMap,
@@ -51,6 +52,7 @@ from backfill_quality.scoring.detectors.primitives import (
     otsu_threshold,
     to_lab,
 )
+from backfill_quality.scoring.imaging import WORK_SIZE
 
 MAP_LONG_SIDE = 32
 """Cells on the long side of the analysis map (8-px cells on the 256-px working copy): coarse
@@ -381,3 +383,14 @@ def _visible_ratio(mask: BoolMap, ys: NDArray[np.intp], xs: NDArray[np.intp]) ->
 def _clip(value: float, low: float, high: float) -> float:
     """np.clip for one finite float, without its per-call overhead."""
     return min(max(value, low), high)
+
+
+class HeuristicDetector:
+    """The colour-distinctness detector behind the common interface: fast, no models, and honest
+    that it finds the most distinct subject, not a bird (it cannot say whether one is there)."""
+
+    name = "heuristic"
+    work_size = WORK_SIZE
+
+    def detect(self, rgb: NDArray[np.uint8]) -> Detection:
+        return Detection(subject=detect_subject(rgb), presence=None)
