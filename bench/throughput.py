@@ -5,12 +5,16 @@
     python bench/throughput.py --rows 2000,50000     # peak memory flat in the number of rows?
     python bench/throughput.py --run-args="--concurrency 32" --repeat 2
     python bench/throughput.py --profile bench/out/run.prof   # CPU profile of the run (main thread)
+    python bench/throughput.py --detector learned,heuristic  # both detector modes, one run each
 
-One run: generate photo-like JPEGs (cached in bench/out/images), serve them from 127.0.0.1 with
-added latency (ImageServer, in this process), fill an embedded PostgreSQL (bench/out/pg; a fresh
-database per trial), run `backfill-quality migrate`, insert the rows, then per trial:
+One run: the demo's real photos (backfill_quality/demo/photos) resized to the plan's sizes
+(cached in bench/out/images; a trained detector does not take drawn shapes for birds), serve them
+from 127.0.0.1 with added latency (ImageServer, in this process), fill an embedded PostgreSQL
+(bench/out/pg; a fresh database per trial), run `backfill-quality migrate`, insert the
+rows, then per trial:
 1. the decode+score-only rate: a process pool of os.cpu_count() workers scoring the same bytes
-   (the distinct images x --score-passes) with `scoring.score_image`, no network, no database;
+   (the distinct images x --score-passes) with `scoring.score_image` and the same detector as
+   the run (--detector), no network, no database;
 2. the page query (`db.fetch_page`) timed 20 times with every row unscored;
 3. the real console script, `backfill-quality run --quiet`, in a subprocess: wall time, peak
    RSS and PSS of its process tree (sampled every 50 ms), CPU seconds of its main process and
@@ -57,10 +61,16 @@ from procstats import (  # noqa: E402
 )
 
 from backfill_quality import db  # noqa: E402
-from backfill_quality.config import Target, Thresholds  # noqa: E402
+from backfill_quality.config import Target, Thresholds, parse_detector  # noqa: E402
 from backfill_quality.demo.imageserver import ImageServer  # noqa: E402
-from backfill_quality.demo.synthetic import BirdBox, make_bird_image  # noqa: E402
+from backfill_quality.demo.photos import (  # noqa: E402
+    bird_photos,
+    no_bird_photos,
+    photo_bytes,
+    variant,
+)
 from backfill_quality.models import RowId  # noqa: E402
+from backfill_quality.scoring.detectors.factory import load_detector  # noqa: E402
 from backfill_quality.scoring.score import score_image  # noqa: E402
 
 MIXED_SIZES: tuple[tuple[int, int], ...] = (
@@ -72,12 +82,8 @@ MIXED_SIZES: tuple[tuple[int, int], ...] = (
     (3000, 2000),
     (4000, 3000),
 )
-BIRD_BOXES: tuple[BirdBox, ...] = (
-    (0.3, 0.25, 0.4, 0.5),
-    (0.2, 0.3, 0.55, 0.45),
-    (0.45, 0.45, 0.12, 0.12),
-    (0.6, 0.3, 0.45, 0.4),
-)
+PHOTO_LONG_SIDE = 800
+"""The long side of the shipped demo photos (they are scaled from it to the plan's sizes)."""
 PAGE_QUERY_CALLS = 20
 TAIL_ROWS = 100
 TARGET_RATIO, AIM_RATIO = 0.60, 0.80
@@ -98,15 +104,17 @@ def image_plan(distinct: int, size: tuple[int, int] | None) -> list[tuple[int, i
 
 
 def load_images(plan: Sequence[tuple[int, int]], cache_dir: Path) -> list[bytes]:
-    """The JPEGs of the plan, generated once and cached on disk."""
+    """The JPEGs of the plan: the demo photos in turn, resized to each (width, height) of the
+    plan (the long side; the photo keeps its aspect), made once and cached on disk."""
     cache_dir.mkdir(parents=True, exist_ok=True)
+    photos = [*bird_photos(), *no_bird_photos()]
     images = []
     for seed, (width, height) in enumerate(plan):
-        path = cache_dir / f"bird-{width}x{height}-{seed}.jpg"
+        name = photos[seed % len(photos)]
+        path = cache_dir / f"photo-{width}x{height}-{seed}-{name}"
         if not path.exists():
-            box = BIRD_BOXES[seed % len(BIRD_BOXES)]
-            data = make_bird_image(seed=seed, width=width, height=height, birds=(box,))
-            path.write_bytes(data)
+            data = photo_bytes(name)
+            path.write_bytes(variant(data, scale=max(width, height) / PHOTO_LONG_SIDE))
         images.append(path.read_bytes())
     return images
 
@@ -116,25 +124,23 @@ def load_images(plan: Sequence[tuple[int, int]], cache_dir: Path) -> list[bytes]
 _THRESHOLDS = Thresholds()
 
 
-def _score(data: bytes) -> int:
-    return score_image(data, _THRESHOLDS).score
+def _score(data: bytes, detector: str) -> int:
+    return score_image(data, _THRESHOLDS, load_detector(parse_detector(detector), 1)).score
 
 
-def _warm(data: bytes) -> int:
-    return _score(data)
-
-
-def measure_score_only(images: Sequence[bytes], passes: int, workers: int) -> dict[str, float]:
+def measure_score_only(
+    images: Sequence[bytes], passes: int, workers: int, detector: str
+) -> dict[str, float]:
     """Images/s of decode+score alone on `workers` processes, and CPU ms per image."""
     work = [data for _ in range(passes) for data in images]
     me = psutil.Process()
     before = {child.pid for child in me.children()}
     with ProcessPoolExecutor(max_workers=workers) as pool:
-        list(pool.map(_warm, images[:workers]))
+        list(pool.map(_score, images[:workers], [detector] * workers))  # load the models
         pool_procs = [child for child in me.children() if child.pid not in before]
         cpu0 = sum(sum(p.cpu_times()[:2]) for p in pool_procs)
         started = time.perf_counter()
-        list(pool.map(_score, work, chunksize=1))
+        list(pool.map(_score, work, [detector] * len(work), chunksize=1))
         elapsed_s = time.perf_counter() - started
         cpu_s = sum(sum(p.cpu_times()[:2]) for p in pool_procs) - cpu0
     return {
@@ -308,6 +314,7 @@ def run_trial(
     admin_url: str,
     postmaster: psutil.Process,
     trial: int,
+    detector: str,
 ) -> dict[str, Any]:
     """A fresh table of `rows` rows: score-only, page query, the run, page query, score-only."""
     workers = os.cpu_count() or 1
@@ -316,14 +323,14 @@ def run_trial(
     database_url = create_database(admin_url, name)
     try:
         fill_table(database_url, [urls[i % len(urls)] for i in range(rows)])
-        score_before = measure_score_only(images, args.score_passes, workers)
+        score_before = measure_score_only(images, args.score_passes, workers, detector)
         page_start = time_page_query(database_url, None)
         server_tid = next(t.native_id for t in _threads() if t.name == "image-server")
         profile = Path(f"{args.profile}.{trial}") if args.profile and trial > 0 else args.profile
         run = run_end_to_end(
             database_url,
             OUT_DIR / f"run-{name}",
-            shlex.split(args.run_args),
+            [*shlex.split(args.run_args), "--detector", detector],
             postmaster,
             server_tid or 0,
             profile,
@@ -332,7 +339,7 @@ def run_trial(
         cursor = reopen_tail(database_url, TAIL_ROWS)
         page_end = time_page_query(database_url, cursor)
         page_end_from_start = time_page_query(database_url, None)
-        score_after = measure_score_only(images, args.score_passes, workers)
+        score_after = measure_score_only(images, args.score_passes, workers, detector)
     finally:
         drop_database(admin_url, name)
     score_rate = (score_before["rate_per_s"] + score_after["rate_per_s"]) / 2
@@ -342,6 +349,7 @@ def run_trial(
     rig_cpu_ms = 1000 * (cpu["run_total"] + cpu["image_server"] + cpu["postgres"]) / rows
     return {
         "rows": rows,
+        "detector": detector,
         "end_to_end_rate_per_s": end_to_end_rate,
         "score_only_rate_per_s": score_rate,
         "ratio": end_to_end_rate / score_rate,
@@ -388,7 +396,7 @@ def format_trial(t: dict[str, Any]) -> list[str]:
     )
     pages = t["page_query"]
     lines = [
-        f"rows {rows}: {run['command']}  (exit {run['exit_code']}, "
+        f"rows {rows}, detector {t['detector']}: {run['command']}  (exit {run['exit_code']}, "
         f"{run['unscored_after']} left unscored)",
         f"  end to end      {t['end_to_end_rate_per_s']:7.1f} img/s  ({run['wall_s']:.2f} s wall)",
         f"  decode+score    {t['score_only_rate_per_s']:7.1f} img/s  (before "
@@ -464,6 +472,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--run-args", default="", help="extra options for `run`, e.g. '--workers 2'"
     )
+    parser.add_argument(
+        "--detector", default="learned", help="detector modes, comma-separated: one trial each"
+    )
     parser.add_argument("--profile", type=Path, help="cProfile output of the run's main process")
     parser.add_argument("--json-out", type=Path, default=OUT_DIR / "throughput.json")
     return parser.parse_args(argv)
@@ -489,11 +500,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         for i, data in enumerate(images):
             server.add(f"/img/{i}.jpg", data)
         row_counts = [int(r) for r in args.rows.split(",")]
-        for rows in row_counts:
-            for _ in range(args.repeat):
-                trial = run_trial(args, rows, images, server, admin_url, postmaster, len(trials))
-                trials.append(trial)
-                print("\n".join(format_trial(trial)), flush=True)
+        for detector in args.detector.split(","):
+            for rows in row_counts:
+                for _ in range(args.repeat):
+                    trial = run_trial(
+                        args, rows, images, server, admin_url, postmaster, len(trials), detector
+                    )
+                    trials.append(trial)
+                    print("\n".join(format_trial(trial)), flush=True)
     comparison = memory_comparison(trials)
     if comparison:
         print(comparison)
