@@ -141,19 +141,26 @@ class DetectorChoice:
         return f"onnx:{self.model_path}" if self.kind == "onnx" else self.kind
 
 
-def parse_detector(text: str, bird_class: int = COCO_BIRD_CLASS) -> DetectorChoice:
-    """`learned`, `heuristic` or `onnx:PATH` -> DetectorChoice; ConfigError otherwise."""
+def parse_detector(text: str, bird_class: int | None = None) -> DetectorChoice:
+    """`learned`, `heuristic` or `onnx:PATH` (with `bird_class`, default COCO's) ->
+    DetectorChoice; ConfigError otherwise."""
     kind, sep, path = text.strip().partition(":")
     if sep and kind == "onnx":
         if not path:
             raise ConfigError("--detector onnx:PATH needs the path of an ONNX model file")
-        return DetectorChoice("onnx", Path(path).expanduser(), bird_class)
+        chosen_class = COCO_BIRD_CLASS if bird_class is None else bird_class
+        return DetectorChoice("onnx", Path(path).expanduser(), chosen_class)
     if sep or kind not in ("learned", "heuristic"):
         raise ConfigError(
             f"--detector {text!r}: expected learned, heuristic or onnx:PATH "
             "(for example --detector onnx:./yolov8n.onnx)"
         )
-    return DetectorChoice(kind, None, bird_class)
+    if bird_class is not None:
+        raise ConfigError(
+            f"--bird-class applies to --detector onnx:PATH only (the {kind} detector knows "
+            "what a bird is)"
+        )
+    return DetectorChoice(kind)
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ from PIL import Image
 from backfill_quality.demo.synthetic import make_bird_image, make_empty_image
 from backfill_quality.errors import DecodeError
 from backfill_quality.models import Analysis, BBox, CheckResult, Measurements, Subject
-from backfill_quality.scoring.annotate import annotate_image
+from backfill_quality.scoring.annotate import annotate_image, summary_lines
 
 
 def analysis_with(subject: Subject | None) -> Analysis:
@@ -36,6 +37,19 @@ def test_annotated_png_has_box_and_is_downscaled(tmp_path: Path) -> None:
     edge = pixels[384, 254:258]  # the left side of the box at x = 0.25 * 1024
     assert ((edge[:, 0] > 200) & (edge[:, 1] < 80)).any()
     assert pixels[5:60, 5:150].mean() < pixels[300:400, 700:800].mean()  # dark text panel
+
+
+def test_the_panel_names_the_detector_and_its_bird_probability() -> None:
+    subject = Subject(BBox(0.25, 0.25, 0.5, 0.5), count=2, visible_ratio=0.75, confidence=0.61)
+    analysis = analysis_with(subject)
+    learned = replace(
+        analysis, measurements=replace(analysis.measurements, detector="learned", presence=0.87)
+    )
+    lines = summary_lines(learned)
+    assert lines[0] == "score 100 (high)"
+    assert lines[1] == "detector: learned  bird probability: 0.87"
+    assert "birds: 2" in lines[2] and "visible: 75%" in lines[2] and "0.61" in lines[2]
+    assert summary_lines(analysis)[1] == "detector: heuristic"  # no probability to show
 
 
 def test_annotate_without_subject(tmp_path: Path) -> None:

@@ -345,6 +345,47 @@ def test_resuming_a_dry_run_checkpoint_for_a_real_run_is_refused() -> None:
         )
 
 
+def test_resuming_with_another_detector_is_refused() -> None:
+    """One table must not hold scores of two scorers: --resume keeps the run's --detector."""
+    checkpoint = sample_checkpoint()
+    checkpoint.detector = "heuristic"
+    with pytest.raises(CheckpointError) as caught:
+        check_resumable(
+            checkpoint,
+            fingerprint=checkpoint.fingerprint,
+            dry_run=False,
+            path=Path("cp.json"),
+            detector="learned",
+        )
+    message = str(caught.value)
+    assert "written by a run with --detector heuristic; this run uses --detector learned" in message
+    assert "resume with --detector heuristic, or --restart" in message
+    check_resumable(
+        checkpoint,
+        fingerprint=checkpoint.fingerprint,
+        dry_run=False,
+        path=Path("cp.json"),
+        detector="heuristic",
+    )
+
+
+def test_the_detector_is_saved_and_an_older_checkpoint_counts_as_heuristic(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "cp.json"
+    checkpoint = sample_checkpoint()
+    checkpoint.detector = "onnx:models/yolo.onnx"
+    save_checkpoint(path, checkpoint)
+    data = json.loads(path.read_text())
+    assert data["detector"] == "onnx:models/yolo.onnx"
+    loaded = load_checkpoint(path)
+    assert loaded is not None and loaded.detector == "onnx:models/yolo.onnx"
+    del data["detector"]  # as written before the key existed
+    path.write_text(json.dumps(data))
+    older = load_checkpoint(path)
+    assert older is not None and older.detector == "heuristic"
+
+
 def test_matching_checkpoint_is_resumable() -> None:
     checkpoint = sample_checkpoint()
     check_resumable(

@@ -33,6 +33,7 @@ from tests.support.cli import (
     read_checkpoint,
     run_cli,
 )
+from tests.support.models import anchors, yolo_layout_model
 from tests.support.pg import with_database
 from tests.support.table import (
     IdType,
@@ -640,3 +641,42 @@ def test_the_heuristic_detector_scores_as_it_does_in_process(
     assert_scored(table, rows, expected)
     no_bird_url = next(url for url in expected if url.endswith("no-bird.jpg"))
     assert expected[no_bird_url] != samples["no-bird.jpg"].expected_score  # learned: 55
+
+
+def test_a_model_that_does_not_fit_stops_the_run_at_start(
+    database_url: str, image_server: ImageServer, tmp_path: Path
+) -> None:
+    """A YOLO-layout model with 3 classes and --bird-class 14: it loads, but the trial picture
+    every scoring process runs at start shows that it cannot answer. Exit 1, nothing written."""
+    table = images_table(database_url)
+    rows = table.insert(list(serve_valid_images(image_server, 3)))
+    model = yolo_layout_model(tmp_path / "three.onnx", anchors((9, 9, 4, 4, 2, 0.9), classes=3))
+
+    result = run(
+        tmp_path, database_url, "--detector", f"onnx:{model}", "--bird-class", "14", *FAST_FETCH
+    )
+
+    assert result.exit_code == 1, result.output
+    assert "--bird-class 14: the model three.onnx has only 3 classes" in result.output
+    assert "Traceback" not in result.output
+    assert_null(table, rows)
+    assert not table.audit_writes()
+
+
+def test_resuming_with_another_detector_is_refused(
+    database_url: str, image_server: ImageServer, tmp_path: Path
+) -> None:
+    table = images_table(database_url)
+    table.insert(list(serve_valid_images(image_server, 4)))
+    first = run(
+        tmp_path, database_url, "--detector", "heuristic", "--limit", "2", "--batch-size", "2"
+    )
+    assert first.exit_code == 0, first.output
+    before = (tmp_path / CHECKPOINT_NAME).read_bytes()
+
+    result = run(tmp_path, database_url, "--resume", *FAST_FETCH)
+
+    assert result.exit_code == 2, result.output
+    assert "--detector heuristic" in result.output and "--detector learned" in result.output
+    assert (tmp_path / CHECKPOINT_NAME).read_bytes() == before
+    assert sum(score is not None for score in table.scores().values()) == 2

@@ -175,7 +175,7 @@ DetectorOption = Annotated[
     ),
 ]
 BirdClass = Annotated[
-    int,
+    int | None,
     typer.Option(
         "--bird-class",
         min=0,
@@ -185,7 +185,6 @@ BirdClass = Annotated[
     ),
 ]
 DEFAULT_DETECTOR = config.DEFAULT_DETECTOR
-DEFAULT_BIRD_CLASS = config.COCO_BIRD_CLASS
 
 Quiet = Annotated[
     bool,

@@ -97,7 +97,7 @@ def run(
     workers: o.Workers = None,
     threshold: o.ThresholdOverrides = None,
     detector: o.DetectorOption = o.DEFAULT_DETECTOR,
-    bird_class: o.BirdClass = o.DEFAULT_BIRD_CLASS,
+    bird_class: o.BirdClass = None,
     notify_url: o.NotifyUrl = None,
     verbose: o.Verbose = False,
     quiet: o.Quiet = False,

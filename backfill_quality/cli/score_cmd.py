@@ -66,7 +66,7 @@ def score(
     timeout: Annotated[float, typer.Option(min=0.001, metavar="S")] = 30.0,
     threshold: o.ThresholdOverrides = None,
     detector: o.DetectorOption = o.DEFAULT_DETECTOR,
-    bird_class: o.BirdClass = o.DEFAULT_BIRD_CLASS,
+    bird_class: o.BirdClass = None,
     verbose: o.Verbose = False,
 ) -> None:
     """Score single images: the five checks with their reasons (the original's "test a single

@@ -115,7 +115,7 @@ def watch(
     workers: o.Workers = None,
     threshold: o.ThresholdOverrides = None,
     detector: o.DetectorOption = o.DEFAULT_DETECTOR,
-    bird_class: o.BirdClass = o.DEFAULT_BIRD_CLASS,
+    bird_class: o.BirdClass = None,
     verbose: o.Verbose = False,
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="Only warnings and one line per cycle.")

@@ -51,7 +51,8 @@ def compose_flock(
     birds: list[BirdCrop], background: bytes, *, seed: int = 0
 ) -> tuple[bytes, list[BBox]]:
     """A JPEG with every bird pasted into its own cell of a row (never overlapping), on the
-    blurred background photo; and each pasted bird's normalized box."""
+    blurred background photo; and each pasted crop's normalized box (the bird and the
+    CONTEXT_MARGIN around it)."""
     rng = random.Random(seed)
     canvas_w, canvas_h = CANVAS_SIZE
     with Image.open(io.BytesIO(background)) as photo:

@@ -23,6 +23,8 @@ from backfill_quality.models import Outcome, RowId
 from backfill_quality.redaction import redact
 
 CHECKPOINT_VERSION = 1
+LEGACY_DETECTOR = "heuristic"
+"""The detector of checkpoints written before the key existed: the only one there was."""
 _RESTART_HINT = "delete it or use --restart"
 _ABSENT: Any = object()
 
@@ -74,6 +76,8 @@ class Checkpoint:
     finished: bool = False
     skipped: int = 0
     target: str = ""
+    detector: str = LEGACY_DETECTOR
+    """The --detector of the run that wrote it: a resumed run must score with the same one."""
 
     def record(self, outcome: Outcome, *, is_skipped: bool = False) -> None:
         """Count one finished row (is_skipped: someone else scored it between read and write)."""
@@ -142,6 +146,7 @@ class Checkpoint:
             "fingerprint": self.fingerprint,
             "target": self.target,
             "shard": self.shard,
+            "detector": self.detector,
         }
 
     @classmethod
@@ -165,6 +170,7 @@ class Checkpoint:
             shard=None if data["shard"] is None else get("shard", str),
             finished=get("finished", bool),
             target=get("target", str),
+            detector=get("detector", str) if "detector" in data else LEGACY_DETECTOR,
         )
 
 
@@ -173,6 +179,8 @@ _REQUIRED_KEYS = frozenset(
     | {"lastProcessedId", "estimatedTimeRemaining", "finished", "dryRun", "fingerprint"}
     | {"target", "shard", "failedImages"}
 )
+_OPTIONAL_KEYS = frozenset({"detector"})
+"""Keys added since version 1, absent from the files older releases wrote."""
 _EXPECTED = {str: "a string", bool: "true or false", int: "an integer ≥ 0", list: "a list"}
 
 
@@ -198,7 +206,7 @@ class _Reader:
             )
         if missing := sorted(_REQUIRED_KEYS - data.keys()):
             self.fail(f"lacks the keys {', '.join(missing)}")
-        if unknown := sorted(data.keys() - _REQUIRED_KEYS):
+        if unknown := sorted(data.keys() - _REQUIRED_KEYS - _OPTIONAL_KEYS):
             self.fail(f"has unknown keys {', '.join(unknown)[:200]}")
         self.data: dict[str, Any] = data
 

@@ -62,7 +62,12 @@ def prepare_checkpoint(
 
 def _choose(settings: RunSettings, path: Path, fingerprint: str, description: str) -> Checkpoint:
     shard = str(settings.shard) if settings.shard else None
-    fresh = Checkpoint(fingerprint=fingerprint, dry_run=settings.dry_run, shard=shard)
+    fresh = Checkpoint(
+        fingerprint=fingerprint,
+        dry_run=settings.dry_run,
+        shard=shard,
+        detector=str(settings.detector),
+    )
     if settings.restart:
         return fresh
     existing = load_checkpoint(path)
@@ -80,6 +85,7 @@ def _choose(settings: RunSettings, path: Path, fingerprint: str, description: st
             dry_run=settings.dry_run,
             path=path,
             target_description=description,
+            detector=str(settings.detector),
         )
         return existing
     if existing is not None and not existing.finished and existing.fingerprint != fingerprint:
@@ -121,6 +127,7 @@ def _for_retry(
         dry_run=settings.dry_run,
         path=path,
         target_description=description,
+        detector=str(settings.detector),
     )
     retried = len(existing.failed_images)
     existing.processed -= retried
@@ -138,8 +145,10 @@ def check_resumable(
     dry_run: bool,
     path: Path,
     target_description: str = "",
+    detector: str | None = None,
 ) -> None:
-    """Refuse to resume a checkpoint written for another target or another kind of run."""
+    """Refuse to resume a checkpoint written for another target, another kind of run, or
+    (when `detector` is given) with another detector: one table would mix two scorers."""
     if checkpoint.fingerprint != fingerprint:
         theirs = checkpoint.target or f"fingerprint {checkpoint.fingerprint}"
         ours = target_description or f"fingerprint {fingerprint}"
@@ -152,4 +161,10 @@ def check_resumable(
         raise CheckpointError(
             f"checkpoint {path} belongs to {kind}; this is "
             f"{'a dry run' if dry_run else 'a real run'} — use another --checkpoint or --restart"
+        )
+    if detector is not None and checkpoint.detector != detector:
+        raise CheckpointError(
+            f"checkpoint {path} was written by a run with --detector {checkpoint.detector}; this "
+            f"run uses --detector {detector}, and one table would hold scores of both — resume "
+            f"with --detector {checkpoint.detector}, or --restart to score from the start"
         )

@@ -19,7 +19,7 @@ from typing import Any
 
 from backfill_quality import db
 from backfill_quality.config import RunSettings, available_cpus
-from backfill_quality.errors import BackfillError, DecodeError, FetchError
+from backfill_quality.errors import BackfillError, DecodeError, FetchError, ModelError
 from backfill_quality.fetching.fetcher import ImageFetcher
 from backfill_quality.models import ImageRow, Outcome, RowId, RunSummary
 from backfill_quality.pipeline.checkpoint import Checkpoint, checkpoint_path_for, save_checkpoint
@@ -276,6 +276,9 @@ class Runner:
             return Outcome(row, error=str(exc), attempts=exc.attempts)
         except DecodeError as exc:
             return Outcome(row, error=str(exc), attempts=attempts)
+        except ModelError as exc:  # the model, not this image: every row would fail the same way
+            self._fail(exc)
+            return None
         except BrokenProcessPool:
             if self._interrupted is not None or self._fatal is not None:
                 return None

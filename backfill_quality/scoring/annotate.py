@@ -39,7 +39,7 @@ def annotate_image(data: bytes, analysis: Analysis, out_path: Path) -> None:
             (box.y + box.height) * height - 1,
         )
         draw.rectangle(corners, outline=BOX_COLOUR, width=line_px)
-    _draw_panel(draw, _summary_lines(analysis))
+    _draw_panel(draw, summary_lines(analysis))
     try:
         image.save(out_path, format="PNG")
     except OSError as error:
@@ -60,7 +60,7 @@ def _load_display_copy(data: bytes) -> Image.Image:
     return image
 
 
-def _summary_lines(analysis: Analysis) -> list[str]:
+def summary_lines(analysis: Analysis) -> list[str]:
     subject = analysis.measurements.subject
     if subject is None:
         bird = "no bird found"

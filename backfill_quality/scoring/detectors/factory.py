@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 
+import numpy as np
+
 from backfill_quality.config import DetectorChoice
 from backfill_quality.scoring.detectors.base import Detector
 from backfill_quality.scoring.detectors.heuristic import HeuristicDetector
@@ -24,10 +26,21 @@ NANODET_MODEL = ShippedModel(
 SHIPPED_MODELS = (PRESENCE_MODEL, NANODET_MODEL)
 
 
+TRIAL_PICTURE_SIZE = (48, 64, 3)
+
+
 @functools.cache
 def load_detector(choice: DetectorChoice, threads: int = 1) -> Detector:
     """The detector for `choice`, its sessions using `threads` threads each; cached, so each
-    process builds it once. Raises ModelError when a model file is missing or unusable."""
+    process builds it once. A grey picture goes through it first, so a model that loads but
+    does not fit (input shape, output layout, --bird-class) fails here, at start, not on every
+    image. Raises ModelError when a model file is missing or unusable."""
+    detector = _build(choice, threads)
+    detector.detect(np.full(TRIAL_PICTURE_SIZE, 128, dtype=np.uint8))
+    return detector
+
+
+def _build(choice: DetectorChoice, threads: int) -> Detector:
     if choice.kind == "heuristic":
         return HeuristicDetector()
     if choice.kind == "onnx":

@@ -27,6 +27,8 @@ from backfill_quality.scoring.detectors.boxes import clipped_bbox, visible_share
 from backfill_quality.scoring.detectors.heuristic import detect_subject
 from backfill_quality.scoring.detectors.nanodet import NanoDet, ScoredBox
 from backfill_quality.scoring.detectors.presence import PresenceClassifier
+from backfill_quality.scoring.imaging import WORK_SIZE as HEURISTIC_WORK_SIZE
+from backfill_quality.scoring.imaging import resize_rgb
 
 PRESENCE_THRESHOLD = 0.5
 """A bird when the classifier's bird probability of the picture or of a box reaches this, ..."""
@@ -44,8 +46,9 @@ DISTINCT_OVERLAP = 0.3
 CROP_MARGIN = 0.1
 """The classifier sees a candidate with this share of its size around it on each side."""
 WORK_SIZE = 640
-"""Long side of the working copy: birds-dev's 500-px photos are seen at full size (at 448 their
-box reduction halved them, and CorLoc fell from 0.907 to 0.887)."""
+"""Long side of the working copy: birds-dev's 500-px photos are seen at full size (measured while
+choosing it, with an earlier NanoDet build: at 448 their box reduction halved them and CorLoc
+fell from 0.907 to 0.887)."""
 
 
 class LearnedDetector:
@@ -91,7 +94,11 @@ class LearnedDetector:
 
     @staticmethod
     def _fallback(rgb: NDArray[np.uint8], probability: float) -> Subject | None:
-        found = detect_subject(rgb)
+        """The heuristic's subject, found on the small copy it was measured on."""
+        height, width = rgb.shape[:2]
+        scale = min(1.0, HEURISTIC_WORK_SIZE / max(height, width))
+        small = resize_rgb(rgb, max(1, round(width * scale)), max(1, round(height * scale)))
+        found = detect_subject(small)
         return None if found is None else replace(found, count=1, confidence=probability)
 
 

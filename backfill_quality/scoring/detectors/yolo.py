@@ -30,24 +30,26 @@ MIN_SCORE = 0.25
 """Ultralytics' own default confidence: a box below it is not a bird."""
 DUPLICATE_IOU = 0.5
 COUNT_SHARE_OF_TOP = 0.5
+NMS_EXPORT_COLUMNS = 6
+"""An export with NMS built in gives (1, detections, 6) rows: corners, score, class."""
 
 
 class YoloDetector:
     """Birds found by the user's model."""
-
-    work_size = 640
 
     def __init__(self, session: Session, *, bird_class: int) -> None:
         self._session = session
         self._input = session.input_names[0]
         self._bird_class = bird_class
         shape = session.input_shapes[0]
-        side = shape[-1] if len(shape) == 4 and isinstance(shape[-1], int) else None
-        self._size = side or DEFAULT_INPUT_SIZE
+        height, width = (shape[2], shape[3]) if len(shape) == 4 else (None, None)
+        self._height = height if isinstance(height, int) else DEFAULT_INPUT_SIZE
+        self._width = width if isinstance(width, int) else DEFAULT_INPUT_SIZE
+        self.work_size = max(self._height, self._width)
         self.name = f"onnx:{session.path.name}"
 
     def detect(self, rgb: NDArray[np.uint8]) -> Detection:
-        batch, scale, pad_x, pad_y = letterbox(rgb, self._size)
+        batch, scale, pad_x, pad_y = letterbox(rgb, self._height, self._width)
         output = self._session.run({self._input: batch})[0]
         table = anchors_by_row(output, self._session.path.name)
         classes = table.shape[1] - 4
@@ -88,14 +90,16 @@ class YoloDetector:
         return Detection(subject=subject, presence=presence)
 
 
-def letterbox(rgb: NDArray[np.uint8], size: int) -> tuple[NDArray[np.float32], float, int, int]:
-    """(1, 3, size, size) RGB 0-1, the picture scaled to fit and centred on grey; and the scale
-    and padding that map input pixels back to the picture."""
+def letterbox(
+    rgb: NDArray[np.uint8], input_h: int, input_w: int
+) -> tuple[NDArray[np.float32], float, int, int]:
+    """(1, 3, input_h, input_w) RGB 0-1, the picture scaled to fit and centred on grey; and the
+    scale and padding that map input pixels back to the picture."""
     height, width = rgb.shape[:2]
-    scale = size / max(height, width)
+    scale = min(input_w / width, input_h / height)
     new_w, new_h = max(1, round(width * scale)), max(1, round(height * scale))
-    pad_x, pad_y = (size - new_w) // 2, (size - new_h) // 2
-    canvas = np.full((size, size, 3), PAD_GREY, dtype=np.uint8)
+    pad_x, pad_y = (input_w - new_w) // 2, (input_h - new_h) // 2
+    canvas = np.full((input_h, input_w, 3), PAD_GREY, dtype=np.uint8)
     canvas[pad_y : pad_y + new_h, pad_x : pad_x + new_w] = resize_rgb(rgb, new_w, new_h)
     batch = canvas.astype(np.float32).transpose(2, 0, 1)[None] / 255.0
     return np.ascontiguousarray(batch, dtype=np.float32), scale, pad_x, pad_y
@@ -103,6 +107,11 @@ def letterbox(rgb: NDArray[np.uint8], size: int) -> tuple[NDArray[np.float32], f
 
 def anchors_by_row(output: NDArray[np.float32], model_name: str) -> NDArray[np.float32]:
     """(anchors, 4 + classes) from the model's (1, 4 + classes, anchors) or its transpose."""
+    if output.ndim == 3 and output.shape[2] == NMS_EXPORT_COLUMNS:
+        raise ModelError(
+            f"model {model_name} gives {output.shape[1]} final detections (x1, y1, x2, y2, "
+            "score, class): it was exported with NMS built in; export it without (nms=False)"
+        )
     if output.ndim != 3 or output.shape[0] != 1 or min(output.shape[1:]) < 5:
         raise ModelError(
             f"model {model_name} does not give Ultralytics YOLO output (1, 4 + classes, anchors): "
