@@ -84,11 +84,13 @@ class LearnedDetector:
         if best is None:
             return Detection(subject=self._fallback(rgb, whole), presence=presence)
         corners = (best.x1, best.y1, best.x2, best.y2)
+        confirmed = dict(zip(map(id, candidates), verified, strict=True))
         subject = Subject(
             bbox=clipped_bbox(*corners),
             count=max(1, len(birds)),
             visible_ratio=visible_share(*corners),
-            confidence=best.score,
+            # the classifier's probability for the box it confirmed, else NanoDet's own score
+            confidence=max(best.score, confirmed.get(id(best), 0.0)),
         )
         return Detection(subject=subject, presence=presence)
 
