@@ -45,10 +45,12 @@ DISTINCT_OVERLAP = 0.3
 """Two boxes are the same bird when their intersection covers this share of the smaller."""
 CROP_MARGIN = 0.1
 """The classifier sees a candidate with this share of its size around it on each side."""
-WORK_SIZE = 640
-"""Long side of the working copy: birds-dev's 500-px photos are seen at full size (measured while
-choosing it, with an earlier NanoDet build: at 448 their box reduction halved them and CorLoc
-fell from 0.907 to 0.887)."""
+WORK_SIZE = 1024
+"""Long side of the working copy. NanoDet sees 320 px whatever it is, but the classifier's crops
+come from it, and it fails on small crops (the demo owl: 0.54 at 246 x 180 px, 0.18 at 123 x 90).
+Measured (bench/accuracy.py --counting, bench/throughput.py on 800-4000 px photos): at 640,
+exact counts on 1-5 pasted dev birds 8, 7, 6, 7, 2 of 10 and 34 CPU ms per image; at 1024,
+9, 8, 7, 8, 3 of 10 and 42 ms. birds-dev's 500-px photos are seen at full size either way."""
 
 
 class LearnedDetector:
