@@ -35,8 +35,9 @@ PRESENCE_THRESHOLD = 0.5
 BOX_PRESENCE_THRESHOLD = 0.5
 """... or NanoDet's best bird box does."""
 CANDIDATES = 5
-"""Distinct boxes verified by the classifier, in one batch with the whole picture (5 crops:
-about 15 ms); the count cannot exceed it ("several" is what the primarySubject check reads)."""
+"""Distinct boxes verified by the classifier, in one batch with the whole picture (about 5 ms of
+CPU a crop, bench/learned_speed.py); the count cannot exceed it ("several" is what the
+primarySubject check reads)."""
 MIN_CANDIDATE_SCORE = 0.1
 """NanoDet boxes below this bird score are not candidates."""
 VERIFIED_THRESHOLD = 0.3
