@@ -24,8 +24,15 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 from backfill_quality.config import DetectorChoice, Thresholds  # noqa: E402
-from backfill_quality.scoring.detectors.factory import load_detector  # noqa: E402
-from backfill_quality.scoring.detectors.learned import WORK_SIZE, LearnedDetector  # noqa: E402
+from backfill_quality.scoring.detectors.factory import (  # noqa: E402
+    NANODET_MODEL,
+    PRESENCE_MODEL,
+    load_detector,
+)
+from backfill_quality.scoring.detectors.learned import WORK_SIZE  # noqa: E402
+from backfill_quality.scoring.detectors.nanodet import NanoDet  # noqa: E402
+from backfill_quality.scoring.detectors.presence import PresenceClassifier  # noqa: E402
+from backfill_quality.scoring.detectors.runtime import open_shipped  # noqa: E402
 from backfill_quality.scoring.imaging import decode_image  # noqa: E402
 from backfill_quality.scoring.score import score_image  # noqa: E402
 
@@ -51,7 +58,8 @@ def main() -> int:
     folder = args.photos or (DEFAULT_PHOTOS if DEFAULT_PHOTOS.is_dir() else DEMO_PHOTOS)
     datas: list[object] = [p.read_bytes() for p in sorted(folder.glob("*.jpg"))]
     detector = load_detector(DetectorChoice(), 1)
-    assert isinstance(detector, LearnedDetector)
+    presence = PresenceClassifier(open_shipped(PRESENCE_MODEL, threads=1))
+    boxes = NanoDet(open_shipped(NANODET_MODEL, threads=1))
     rgbs: list[object] = [decode_image(d, work_size=WORK_SIZE).rgb for d in datas]  # type: ignore[arg-type]
     presence, boxes = detector._presence, detector._boxes
     thresholds = Thresholds()

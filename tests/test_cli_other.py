@@ -376,3 +376,29 @@ def test_both_entry_points_list_every_command(tmp_path: Path, use_console_script
     assert result.exit_code == 0, result.output
     for command in COMMANDS:
         assert re.search(rf"^\W*{command}\b", result.stdout, re.MULTILINE), command
+
+
+@pytest.mark.parametrize("command", ["run", "watch", "score"])
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (("--detector", "yolo"), "--detector 'yolo': expected learned, heuristic or onnx:PATH"),
+        (("--detector", "learned", "--bird-class", "3"), "--bird-class applies to --detector"),
+    ],
+    ids=["unknown-detector", "bird-class-without-onnx"],
+)
+def test_every_scoring_command_refuses_a_bad_detector_before_any_work(
+    command: str, options: tuple[str, ...], message: str
+) -> None:
+    """--detector and --bird-class reach run, watch and score alike (parsed before any database
+    or image is touched: the URL below leads nowhere)."""
+    target = (
+        ("photo.jpg",)
+        if command == "score"
+        else ("--database-url", "postgresql://x@127.0.0.1:1/db")
+    )
+    result = invoke_in_process(command, *target, *options)
+
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert "Traceback" not in result.output

@@ -40,8 +40,9 @@ def demo(
     ),
     verbose: o.Verbose = False,
 ) -> None:
-    """Start an embedded PostgreSQL, fill `images` with generated bird photos (and a few broken
-    URLs) served from 127.0.0.1, run the backfill with live progress, then show `status`."""
+    """Start an embedded PostgreSQL, fill `images` with the shipped real photos and variants of
+    them (and a few broken URLs) served from 127.0.0.1, run the backfill with live progress, then
+    show `status`."""
     with error_boundary(verbose=verbose, as_json=log_format is LogFormat.json):
         from backfill_quality.demo.embedded import embedded_database, fill_demo_table
         from backfill_quality.demo.imageserver import ImageServer

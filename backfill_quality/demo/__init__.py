@@ -1,1 +1,1 @@
-"""The embedded demo: a local image server, generated bird pictures, an embedded PostgreSQL."""
+"""The embedded demo: an embedded PostgreSQL, a local image server, real and generated pictures."""

@@ -79,14 +79,7 @@ def _choose(settings: RunSettings, path: Path, fingerprint: str, description: st
                 f"--resume: there is no checkpoint at {path} to resume from. "
                 "Run without --resume to start a new backfill (or name the file with --checkpoint)."
             )
-        check_resumable(
-            existing,
-            fingerprint=fingerprint,
-            dry_run=settings.dry_run,
-            path=path,
-            target_description=description,
-            detector=str(settings.detector),
-        )
+        _check_same_run(existing, settings, path, fingerprint, description)
         return existing
     if existing is not None and not existing.finished and existing.fingerprint != fingerprint:
         raise ConfigError(
@@ -121,6 +114,19 @@ def _for_retry(
             f"--retry-failed: there is no checkpoint at {path} whose failures could be retried. "
             "A new run (without --resume) tries every unscored row anyway."
         )
+    _check_same_run(existing, settings, path, fingerprint, description)
+    retried = len(existing.failed_images)
+    existing.processed -= retried
+    existing.failed -= retried
+    existing.failed_images = []
+    existing.last_processed_id = None
+    existing.finished = False
+    return existing
+
+
+def _check_same_run(
+    existing: Checkpoint, settings: RunSettings, path: Path, fingerprint: str, description: str
+) -> None:
     check_resumable(
         existing,
         fingerprint=fingerprint,
@@ -129,13 +135,6 @@ def _for_retry(
         target_description=description,
         detector=str(settings.detector),
     )
-    retried = len(existing.failed_images)
-    existing.processed -= retried
-    existing.failed -= retried
-    existing.failed_images = []
-    existing.last_processed_id = None
-    existing.finished = False
-    return existing
 
 
 def check_resumable(
