@@ -179,7 +179,11 @@ def test_row_scored_by_someone_else_is_skipped_not_overwritten(
     import threading
 
     def score_it_meanwhile() -> None:
-        time.sleep(0.7)
+        # once the run is downloading the image (it answers after 1.5 s), never on a clock: a
+        # busy machine may take longer than any fixed pause to load the models and read the page
+        deadline = time.monotonic() + 60
+        while image_server.hits("/slow/1500") == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
         with psycopg.connect(database_url, autocommit=True) as conn:
             conn.execute("UPDATE images SET quality_score = 7")
 
