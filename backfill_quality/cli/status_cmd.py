@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from backfill_quality.cli import options as o
-from backfill_quality.cli.app import EXIT_FATAL, EXIT_OK, app, error_boundary
+from backfill_quality.cli.app import EXIT_OK, app, error_boundary
 from backfill_quality.cli.views import print_status
 from backfill_quality.config import Target
 from backfill_quality.pipeline.status import report_status, status_to_dict
@@ -46,7 +46,8 @@ def status(
 
     Lists every `<checkpoint stem>*.json` beside --checkpoint with progress, ETA and failures;
     the database part is exact on a table that counts quickly, planner estimates otherwise.
-    Exits 1 (after showing the checkpoints) when the database cannot be read.
+    When the table cannot be read it still shows the checkpoints, then exits 2 for an option to
+    fix (a malformed --database-url, an unknown table or column) or 1 when the database failed.
     """
     with error_boundary(verbose=verbose):
         register_database_secrets(database_url)
@@ -58,4 +59,4 @@ def status(
             typer.echo(json.dumps(status_to_dict(report), default=str))
         else:
             print_status(report)
-    raise typer.Exit(EXIT_FATAL if report.table_problem else EXIT_OK)
+    raise typer.Exit(report.table_problem_exit_code if report.table_problem else EXIT_OK)
