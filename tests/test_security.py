@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 from urllib.parse import quote, urlsplit
@@ -21,6 +23,7 @@ from backfill_quality.demo.imageserver import ImageServer
 from tests.support.cli import (
     CHECKPOINT_NAME,
     CliResult,
+    cli_env,
     invoke_in_process,
     read_checkpoint,
     run_cli,
@@ -165,6 +168,36 @@ def test_a_malformed_connection_string_never_reaches_the_webhook(tmp_path: Path)
     assert result.exit_code == 2, result.output
     assert body["event"] == "run.failed" and "--database-url" in body["error"]
     assert URL_PASSWORD not in json.dumps(body) and URL_PASSWORD not in result.output
+
+
+_UNCAUGHT_SCRIPT = """
+import sys
+from backfill_quality.cli.app import app, main
+
+@app.command()
+def boom() -> None:
+    raise RuntimeError("lost postgresql//app:{pw}@db/prod")
+
+sys.argv = ["backfill-quality", "boom"]
+main()
+"""
+
+
+def test_an_exception_no_boundary_caught_is_printed_redacted(tmp_path: Path) -> None:
+    """The last net: a bug that escapes every error boundary still prints no password."""
+    completed = subprocess.run(
+        [sys.executable, "-c", _UNCAUGHT_SCRIPT.format(pw=URL_PASSWORD)],
+        cwd=tmp_path,
+        env=cli_env(None),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert completed.returncode == 1
+    assert "RuntimeError: lost postgresql//app:***@db/prod" in completed.stderr
+    assert URL_PASSWORD not in completed.stderr + completed.stdout
 
 
 def test_deny_private_networks_fails_loopback_rows_without_contacting_them(
