@@ -20,10 +20,14 @@ from urllib.parse import unquote, urlsplit
 
 MASK = "***"
 _MIN_SECRET_LEN = 3  # shorter "secrets" would mask ordinary words (the patterns still apply)
-_USER = r"[^\s:/@'\"`]*"
-_URL_USERINFO = re.compile(  # with a scheme; or without, when what follows is not `//host`
-    rf"(?P<head>[A-Za-z][A-Za-z0-9+.-]*:/+{_USER}|{_USER}(?=:(?!//))):(?P<secret>\S*)@"
+_DELIMITERS = r"\s:/@'\"`"
+_USERINFO_HEAD = re.compile(  # `user:` after a scheme; or without, when not `scheme://host`
+    rf"(?<![^{_DELIMITERS}])(?:[A-Za-z][A-Za-z0-9+.-]*+:/++[^{_DELIMITERS}]*+|[^{_DELIMITERS}]*+"
+    r"(?=:(?!//))):"
 )
+"""Possessive and anchored at a delimiter, so a long URL costs linear time (it is redacted
+on the event loop, in every log line and checkpoint save)."""
+_WORD = re.compile(r"\S+")
 _PASSWORD_KEY = r"(?i:\b\w*password|\bpasswd|\bpwd)"
 _QUERY_PASSWORD = re.compile(rf"(?P<key>[?&]{_PASSWORD_KEY}=)(?P<secret>[^\s&]*)")
 _KV_PASSWORD = re.compile(
@@ -55,7 +59,7 @@ def secrets_in(text: str) -> list[str]:
     """Every password-shaped value in `text`, as typed: the `user:SECRET@` of a URL-like word
     (up to its last '@'), `?password=SECRET`, and `password=SECRET` (quoted or not; an unquoted
     value runs on to the next `key=`, since a blank in it makes libpq echo the rest)."""
-    found = [match["secret"] for match in _URL_USERINFO.finditer(text)]
+    found = [secret for word in _WORD.findall(text) if (secret := _userinfo_secret(word))]
     found += [unquote(match["secret"]) for match in _QUERY_PASSWORD.finditer(text)]
     for match in _KV_PASSWORD.finditer(text):
         value = match["secret"]
@@ -104,10 +108,29 @@ def has_unparsable_password(database_url: str) -> bool:
         return True
 
 
+def _userinfo_span(word: str) -> tuple[int, int] | None:
+    """Where the secret of `user:SECRET@` is in a word: after the first `user:` up to the
+    word's last '@'."""
+    last_at = word.rfind("@")
+    head = _USERINFO_HEAD.search(word, 0, last_at) if last_at > 0 else None
+    return (head.end(), last_at) if head else None
+
+
+def _userinfo_secret(word: str) -> str:
+    span = _userinfo_span(word)
+    return word[span[0] : span[1]] if span else ""
+
+
+def _mask_userinfo(match: re.Match[str]) -> str:
+    word = match.group()
+    span = _userinfo_span(word)
+    return f"{word[: span[0]]}{MASK}{word[span[1] :]}" if span else word
+
+
 def redact(text: str) -> str:
     """Mask every known secret and password-shaped fragment in `text`."""
     for secret in sorted(_secrets, key=len, reverse=True):
         text = text.replace(secret, MASK)
-    text = _URL_USERINFO.sub(rf"\g<head>:{MASK}@", text)
+    text = _WORD.sub(_mask_userinfo, text)
     text = _QUERY_PASSWORD.sub(rf"\g<key>{MASK}", text)
     return _KV_PASSWORD.sub(rf"\g<key>{MASK}", text)

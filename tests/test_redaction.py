@@ -7,6 +7,7 @@ The same strings through the real command line are in test_security.py.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from urllib.parse import quote
 
@@ -157,3 +158,23 @@ def test_property_a_random_quoted_keyvalue_password_never_survives(
 
     assert password not in redact(text)
     assert escaped not in redact(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "http://127.0.0.1/" + "a" * 100_000,  # an over-long image URL (they are logged too)
+        "a:" * 50_000 + "@x",
+        "http://h:1/" + "a@" * 50_000,
+        "?password=" + "b" * 100_000,
+    ],
+    ids=["long-url", "many-colons", "many-ats", "long-query"],
+)
+def test_redaction_takes_linear_time_on_long_text(text: str) -> None:
+    """Redaction runs on the event loop for every log line and checkpoint save: a pattern that
+    backtracks over a 100 KB URL stalled a whole run (quadratic: about 25 s here; linear: ms)."""
+    started = time.process_time()
+
+    redact(text)
+
+    assert time.process_time() - started < 2.0
