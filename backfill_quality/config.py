@@ -26,6 +26,8 @@ DEFAULT_RETRIES = 3
 MAX_URL_LENGTH = 8192
 DEFAULT_MAX_PIXELS = 100_000_000
 DEFAULT_DEMO_ROWS = 300
+DEFAULT_POLL_INTERVAL_S = 30.0  # watch: look for unscored rows at least this often
+DEFAULT_RETRY_FAILED_AFTER_S = 3600.0  # watch: try a failed row again after this long
 DEFAULT_DETECTOR = "learned"
 COCO_BIRD_CLASS = 14
 """The class index of "bird" in the 80 COCO classes most detectors are trained on."""

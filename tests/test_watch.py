@@ -45,7 +45,7 @@ class Watch:
             time.sleep(0.05)
         raise AssertionError(f"no such event in {timeout_s}s: {self.log.read_text()}")
 
-    def stop(self, signum: int, timeout_s: float = 15.0) -> int:
+    def stop(self, signum: int, timeout_s: float = 60.0) -> int:
         self.process.send_signal(signum)
         return self.process.wait(timeout=timeout_s)
 

@@ -7,9 +7,9 @@ from typing import Annotated
 
 import typer
 
-from backfill_quality import db
 from backfill_quality.cli import options as o
 from backfill_quality.cli.app import app, error_boundary
+from backfill_quality.errors import ConfigError
 from backfill_quality.redaction import register_database_secrets
 
 MIGRATE_EPILOG = """Examples:
@@ -29,6 +29,7 @@ def migrate(
         str | None,
         typer.Option(
             "--table",
+            metavar="NAME",
             help="Table holding the images: TABLE or SCHEMA.TABLE, found through the "
             "search_path like any SQL name. Not given: `images`, created for the demo only "
             "when no table of that name exists.",
@@ -52,6 +53,13 @@ def migrate(
         typer.Option("--sql", help="Print the SQL statements it would run; change nothing."),
     ] = False,
     verbose: o.Verbose = False,
+    quiet: Annotated[
+        bool,
+        typer.Option(
+            "--quiet", "-q", help="Print nothing but errors.", rich_help_panel=o.OUTPUT_PANEL
+        ),
+    ] = False,
+    version: o.Version = False,
 ) -> None:
     """Create the score column, its CHECK, indexes and get_quality_category() — safe to re-run.
 
@@ -60,8 +68,12 @@ def migrate(
     that cannot complete (scores outside 0-100) stops migrate before it changes anything.
     """
     with error_boundary(verbose=verbose):
+        if verbose and quiet:
+            raise ConfigError("--verbose and --quiet cannot be used together")
         register_database_secrets(database_url)
         target = o.make_target(table or o.DEFAULT_TABLE, id_column, url_column, score_column)
+        from backfill_quality import db  # psycopg: not for --help
+
         with db.connect(database_url) as conn:
             if as_sql:
                 plans = db.plan_migration(
@@ -74,8 +86,10 @@ def migrate(
                 target,
                 may_create_table=table is None,
                 with_watch=watch,
-                on_lock_wait=_say_waiting,
+                on_lock_wait=_ignore if quiet else _say_waiting,
             )
+        if quiet:
+            return
         width = max(len(plan.step) for plan in plans) + 1
         for plan in plans:
             typer.echo(f"{plan.step + ':':<{width}} {plan.outcome} — {plan.detail}")
@@ -83,3 +97,7 @@ def migrate(
 
 def _say_waiting(message: str) -> None:
     typer.echo(f"waiting: {message}", err=True)
+
+
+def _ignore(message: str) -> None:
+    pass

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import time
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from backfill_quality.cli import options as o
 from backfill_quality.cli.app import EXIT_OK, EXIT_SOME_FAILED, app, error_boundary
-from backfill_quality.cli.options import LogFormat
-from backfill_quality.cli.reporters import make_reporter
 from backfill_quality.config import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_CONCURRENCY,
@@ -23,16 +21,10 @@ from backfill_quality.config import (
     thresholds_with_overrides,
 )
 from backfill_quality.errors import BackfillError
-from backfill_quality.models import RunSummary
-from backfill_quality.pipeline.notify import (
-    NotifySettings,
-    Webhook,
-    notify_run_end,
-    notify_run_failure,
-)
-from backfill_quality.pipeline.runner import Runner
-from backfill_quality.pipeline.signals import EXIT_SIGNALS
 from backfill_quality.redaction import register_database_secrets
+
+if TYPE_CHECKING:
+    from backfill_quality.models import RunSummary
 
 RUN_EPILOG = """Examples:
 
@@ -49,6 +41,8 @@ RUN_EPILOG = """Examples:
 def exit_code_for(summary: RunSummary) -> int:
     """130/143 after a signal, 3 when rows failed, else 0."""
     if summary.interrupted is not None:
+        from backfill_quality.pipeline.signals import EXIT_SIGNALS  # asyncio: not for --help
+
         return EXIT_SIGNALS[summary.interrupted]
     return EXIT_SOME_FAILED if summary.failed else EXIT_OK
 
@@ -87,7 +81,9 @@ def run(
         ),
     ] = False,
     checkpoint: o.CheckpointPath = o.DEFAULT_CHECKPOINT,
-    limit: Annotated[int | None, typer.Option(min=1, help="Stop after this many rows.")] = None,
+    limit: Annotated[
+        int | None, typer.Option(min=1, metavar="N", help="Stop after this many rows.")
+    ] = None,
     timeout: o.Timeout = DEFAULT_TIMEOUT_S,
     max_bytes: o.MaxBytes = DEFAULT_MAX_BYTES,
     retries: o.Retries = DEFAULT_RETRIES,
@@ -101,11 +97,24 @@ def run(
     notify_url: o.NotifyUrl = None,
     verbose: o.Verbose = False,
     quiet: o.Quiet = False,
-    log_format: o.LogFormatOption = LogFormat.text,
+    json_events: o.JsonEvents = False,
+    log_format: o.LegacyLogFormat = None,
+    version: o.Version = False,
 ) -> None:
     """Score every image whose score is NULL and write the score back, page by page."""
-    with error_boundary(verbose=verbose, as_json=log_format is LogFormat.json):
+    as_json = o.wants_json(json_events, log_format)
+    with error_boundary(verbose=verbose, as_json=as_json):
         register_database_secrets(database_url)
+        # imported here, not at the top: `--help` must not pay for psycopg, httpx, NumPy, rich
+        from backfill_quality.cli.reporters import make_reporter
+        from backfill_quality.pipeline.notify import (
+            NotifySettings,
+            Webhook,
+            notify_run_end,
+            notify_run_failure,
+        )
+        from backfill_quality.pipeline.runner import Runner
+
         settings = RunSettings(
             database_url=database_url,
             target=o.make_target(table, id_column, url_column, score_column),
@@ -131,7 +140,9 @@ def run(
             shard=resolve_shard(shard, shard_count),
         )
         notify = NotifySettings(notify_url) if notify_url else None
-        reporter = make_reporter(log_format=log_format.value, verbose=verbose, quiet=quiet)
+        reporter = make_reporter(
+            log_format="json" if as_json else "text", verbose=verbose, quiet=quiet
+        )
         webhook = Webhook(notify, warn=reporter.warning, run=settings) if notify else None
         started_s = time.monotonic()
         try:

@@ -4,22 +4,23 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from backfill_quality.cli import options as o
 from backfill_quality.cli.app import EXIT_OK, EXIT_SOME_FAILED, app, error_boundary
-from backfill_quality.cli.views import print_analysis, print_error
 from backfill_quality.config import (
+    DEFAULT_TIMEOUT_S,
     FetchSettings,
     available_cpus,
     parse_detector,
     thresholds_with_overrides,
 )
 from backfill_quality.errors import BackfillError
-from backfill_quality.fetching.fetcher import fetch_one
-from backfill_quality.models import Analysis
+
+if TYPE_CHECKING:
+    from backfill_quality.models import Analysis
 
 SCORE_EPILOG = """Examples:
 
@@ -36,6 +37,8 @@ SCORE_EPILOG = """Examples:
 def read_source(source: str, fetch: FetchSettings) -> bytes:
     """Bytes of a local file, or of an http(s) URL (anything with '://' is treated as a URL)."""
     if "://" in source or source.startswith(("data:", "file:")):
+        from backfill_quality.fetching.fetcher import fetch_one  # httpx: only for a URL
+
         return fetch_one(source, fetch).data
     try:
         return Path(source).read_bytes()
@@ -54,7 +57,12 @@ def score(
         list[str], typer.Argument(metavar="PATH_OR_URL...", help="Image files or http(s) URLs.")
     ],
     as_json: Annotated[
-        bool, typer.Option("--json", help="One JSON object per image on stdout.")
+        bool,
+        typer.Option(
+            "--json",
+            help="One JSON object per image on stdout (errors as JSON on stderr).",
+            rich_help_panel=o.OUTPUT_PANEL,
+        ),
     ] = False,
     annotate: Annotated[
         Path | None,
@@ -63,16 +71,20 @@ def score(
             help="Write the image with the detected bird and the check scores drawn.",
         ),
     ] = None,
-    timeout: Annotated[float, typer.Option(min=0.001, metavar="S")] = 30.0,
+    timeout: Annotated[
+        float, typer.Option(min=0.001, metavar="S", help=o.FETCH_HELP_TIMEOUT + " (URLs only)")
+    ] = DEFAULT_TIMEOUT_S,
     threshold: o.ThresholdOverrides = None,
     detector: o.DetectorOption = o.DEFAULT_DETECTOR,
     bird_class: o.BirdClass = None,
     verbose: o.Verbose = False,
+    version: o.Version = False,
 ) -> None:
     """Score single images: the five checks with their reasons (the original's "test a single
     image")."""
     failures = 0
-    with error_boundary(verbose=verbose):
+    with error_boundary(verbose=verbose, as_json=as_json):
+        from backfill_quality.cli.views import print_analysis, print_error  # rich
         from backfill_quality.scoring.detectors.factory import load_detector  # NumPy, ONNX
         from backfill_quality.scoring.score import analysis_to_dict, score_image  # Pillow
 

@@ -83,6 +83,9 @@ class StatusReport:
     checkpoints: list[CheckpointInfo]
     table: TableStats | None
     table_problem: str | None = None
+    table_problem_exit_code: int = 0
+    """The exit code of the error behind `table_problem`: 2 when an option must be fixed (a
+    malformed --database-url, an unknown table or column), 1 when the database failed."""
 
     @property
     def shard_groups(self) -> list[ShardGroup]:
@@ -163,7 +166,7 @@ def report_status(
     try:
         table = table_stats(database_url, target, exact=exact)
     except BackfillError as exc:
-        return StatusReport(checkpoints, None, str(exc))
+        return StatusReport(checkpoints, None, str(exc), exc.exit_code)
     return StatusReport(checkpoints, table)
 
 

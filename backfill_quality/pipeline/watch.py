@@ -28,7 +28,11 @@ from types import FrameType
 from typing import Any
 
 from backfill_quality import db
-from backfill_quality.config import RunSettings
+from backfill_quality.config import (
+    DEFAULT_POLL_INTERVAL_S,
+    DEFAULT_RETRY_FAILED_AFTER_S,
+    RunSettings,
+)
 from backfill_quality.errors import ConfigError, DatabaseError
 from backfill_quality.models import Outcome, RowId, RunSummary
 from backfill_quality.pipeline.checkpoint import Checkpoint
@@ -36,8 +40,6 @@ from backfill_quality.pipeline.progress import Reporter
 from backfill_quality.pipeline.runner import NOTHING_TO_DO, Runner
 
 NOTIFY_TRIGGER = db.NOTIFY_TRIGGER
-DEFAULT_POLL_INTERVAL_S = 30.0
-DEFAULT_RETRY_FAILED_AFTER_S = 3600.0
 WAIT_SLICE_S = 0.25  # how often an idle wait looks for a stop request
 DEBOUNCE_S = 0.2  # after a notification, gather the rest of a burst before a cycle
 RECONNECT_BASE_S = 1.0
