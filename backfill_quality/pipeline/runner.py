@@ -22,7 +22,7 @@ from backfill_quality.config import RunSettings, available_cpus
 from backfill_quality.errors import BackfillError, DecodeError, FetchError, ModelError
 from backfill_quality.fetching.fetcher import ImageFetcher
 from backfill_quality.models import ImageRow, Outcome, RowId, RunSummary
-from backfill_quality.pipeline.checkpoint import Checkpoint, checkpoint_path_for, save_checkpoint
+from backfill_quality.pipeline.checkpoint import Checkpoint, run_checkpoint_path, save_checkpoint
 from backfill_quality.pipeline.dbsession import DatabaseSession
 from backfill_quality.pipeline.lowwater import LowWaterMark
 from backfill_quality.pipeline.progress import EtaEstimator, Reporter
@@ -113,6 +113,8 @@ class Runner:
                     raise
                 return self._summary_before_start()
             checkpoint, path = start.checkpoint, start.path
+            for note in start.notes:
+                self.reporter.info(note)
             save_checkpoint(path, checkpoint)  # from now on, --resume has something to resume
             if start.left == 0:
                 return self._finish_empty(checkpoint, path)
@@ -120,6 +122,7 @@ class Runner:
                 total=checkpoint.total,
                 resumed_from=checkpoint.last_processed_id,
                 dry_run=self.settings.dry_run,
+                limit=self.settings.limit,
             )
             if checkpoint.processed:  # resumed: the bar starts where the last run stopped
                 self.reporter.page_done(checkpoint)
@@ -375,7 +378,7 @@ class Runner:
     def _summary_before_start(self) -> RunSummary:
         """Interrupted while starting: nothing was processed and no checkpoint was written."""
         s = self.settings
-        path = checkpoint_path_for(s.checkpoint_path, dry_run=s.dry_run, shard=s.shard)
+        path = run_checkpoint_path(s)
         return RunSummary(
             total=0,
             processed=0,
@@ -388,6 +391,7 @@ class Runner:
             interrupted=self._interrupted,
             failed_images=(),
             checkpoint_path=str(path),
+            limit=s.limit,
         )
 
     def _summary(self, checkpoint: Checkpoint, path: Path) -> RunSummary:
@@ -406,4 +410,6 @@ class Runner:
             interrupted=None if checkpoint.finished else self._interrupted,
             failed_images=tuple((f.id, f.url, f.error) for f in checkpoint.failed_images),
             checkpoint_path=str(path),
+            limit=self.settings.limit,
+            score_histogram=tuple(checkpoint.score_histogram),
         )

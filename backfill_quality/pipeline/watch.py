@@ -94,7 +94,9 @@ class _CycleReporter:
         self._start: dict[str, Any] | None = None
         self.is_active = False
 
-    def start(self, *, total: int, resumed_from: RowId | None, dry_run: bool) -> None:
+    def start(
+        self, *, total: int, resumed_from: RowId | None, dry_run: bool, limit: int | None = None
+    ) -> None:
         self._start = {"total": total, "resumed_from": resumed_from, "dry_run": dry_run}
 
     def _activate(self) -> None:
