@@ -24,6 +24,13 @@ class DatabaseError(BackfillError):
         self.confirmed: list[object] = []  # a batch's results known before the failure
 
 
+class TargetLockedError(BackfillError):
+    """Another process runs on this target (its advisory lock is held): nothing was done, or,
+    after a reconnect, this run stopped with its checkpoint saved. Exit code 4."""
+
+    exit_code = 4
+
+
 class CheckpointError(BackfillError):
     """The checkpoint file is unreadable, malformed, or from another target or kind of run: the
     user must choose (--restart, another --checkpoint), so it is a usage error."""

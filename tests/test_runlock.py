@@ -7,19 +7,25 @@ second run always meets a live holder, however slow the machine is.
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import threading
+import uuid
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import psycopg
+import pytest
 
+from backfill_quality import db
 from backfill_quality.demo.imageserver import ImageServer
+from backfill_quality.pipeline import runlock
 from tests.support.cli import CHECKPOINT_NAME, CliResult, read_checkpoint, run_cli
 from tests.support.faults import (
     BackgroundRun,
@@ -135,6 +141,8 @@ def test_shards_run_side_by_side_but_never_beside_a_whole_table_run(
     tmp_path: Path, database_url: str, image_server: ImageServer
 ) -> None:
     table, rows = slow_table(database_url, image_server, 12)
+    while len({uuid.UUID(str(row.id)).int >> 127 for row in rows}) < 2:  # work for each shard
+        rows += table.insert([rows[0].url])
     with rows_locked(database_url):
         shards = [start(tmp_path, database_url, f"s{k}", "--shard", f"{k}/2") for k in (0, 1)]
         wait_until(
@@ -205,6 +213,11 @@ def test_a_run_takes_its_lock_again_after_a_reconnect(
         first = start(tmp_path, database_url, "first")
         wait_until(lambda: bool(held_by(database_url, first.pid)), timeout_s=60, what="a lock")
         (before,) = held_by(database_url, first.pid)
+        wait_until(
+            lambda: is_waiting(database_url, before.backend_pid),
+            timeout_s=60,
+            what="the run's first writes, held by the row locks",
+        )
         locker.execute("SELECT pg_terminate_backend(%s)", (before.backend_pid,))
         wait_until(
             lambda: [h.backend_pid for h in held_by(database_url, first.pid)] not in ([], [before]),
@@ -233,6 +246,11 @@ def test_a_run_whose_lock_was_taken_while_it_reconnected_stops_cleanly(
             first = start(tmp_path, database_url, "first")
             wait_until(lambda: bool(held_by(database_url, first.pid)), timeout_s=60, what="lock")
             (held,) = held_by(database_url, first.pid)
+            wait_until(
+                lambda: is_waiting(database_url, held.backend_pid),
+                timeout_s=60,
+                what="the run's first writes, held by the row locks",
+            )
             queued = threading.Thread(
                 target=intruder.execute, args=("SELECT pg_advisory_lock(%s)", (held.key,))
             )
@@ -271,3 +289,27 @@ def is_waiting(database_url: str, backend_pid: int) -> bool:
             "SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s", (backend_pid,)
         ).fetchone()
     return row == ("Lock",)
+
+
+def test_the_holder_name_fits_postgresqls_63_bytes_and_names_pid_and_host(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(socket, "gethostname", lambda: "h" * 200)
+    name = runlock.holder_name("watch")
+    assert len(name.encode()) == 63
+    assert name.startswith(f"backfill-quality watch {os.getpid()}@hhh")
+    monkeypatch.setattr(socket, "gethostname", lambda: "ré" * 40)  # never cut inside a character
+    assert len(runlock.holder_name("run").encode()) <= 63
+
+
+def test_a_holder_is_described_by_process_and_host_or_by_its_backend() -> None:
+    now = datetime(2026, 11, 24, 10, 5, 3, tzinfo=UTC)
+    ours = db.LockHolder(77, "backfill-quality run 1234@web-1", False, now - timedelta(minutes=5))
+    assert runlock.describe_holder(ours, now) == (
+        "`backfill-quality run`, pid 1234 on web-1, since 2026-11-24 10:00:03 UTC (5m 00s ago)"
+    )
+    other_role = db.LockHolder(78, "psql", True, None)
+    assert runlock.describe_holder(other_role, now) == (
+        "a session named 'psql' (PostgreSQL backend pid 78), since a time this database role "
+        "may not see"
+    )

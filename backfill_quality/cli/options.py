@@ -56,7 +56,7 @@ CheckpointPath = Annotated[
     typer.Option(
         "--checkpoint",
         envvar="BACKFILL_CHECKPOINT",
-        help="Checkpoint file (dry runs and shards use a sibling file).",
+        help="Checkpoint file (another table, a shard or a dry run uses a sibling file).",
         dir_okay=False,
     ),
 ]

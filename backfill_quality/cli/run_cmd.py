@@ -73,7 +73,11 @@ def run(
     concurrency: o.Concurrency = DEFAULT_CONCURRENCY,
     max_rps: o.MaxRps = None,
     dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="Fetch and score, write nothing to the database.")
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Fetch and score, write nothing to the database (and take no lock).",
+        ),
     ] = False,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the checkpoint.")] = False,
     restart: Annotated[
@@ -87,7 +91,10 @@ def run(
         ),
     ] = False,
     checkpoint: o.CheckpointPath = o.DEFAULT_CHECKPOINT,
-    limit: Annotated[int | None, typer.Option(min=1, help="Stop after this many rows.")] = None,
+    limit: Annotated[
+        int | None,
+        typer.Option(min=1, help="Stop after this many rows (Total still counts every row left)."),
+    ] = None,
     timeout: o.Timeout = DEFAULT_TIMEOUT_S,
     max_bytes: o.MaxBytes = DEFAULT_MAX_BYTES,
     retries: o.Retries = DEFAULT_RETRIES,
@@ -103,7 +110,10 @@ def run(
     quiet: o.Quiet = False,
     log_format: o.LogFormatOption = LogFormat.text,
 ) -> None:
-    """Score every image whose score is NULL and write the score back, page by page."""
+    """Score every image whose score is NULL and write the score back, page by page.
+
+    One run per table at a time: a second one (not a dry run) exits 4, naming the first.
+    """
     with error_boundary(verbose=verbose, as_json=log_format is LogFormat.json):
         register_database_secrets(database_url)
         settings = RunSettings(

@@ -11,12 +11,20 @@ Callers use `from backfill_quality import db` and `db.<name>`; the submodules ow
 - `writes`: the pipelined per-row score UPDATEs, and the demo's seed rows
 - `status`: monitoring SQL for `status` (categories, histograms, exact counts, estimates)
 - `watch`: LISTEN/NOTIFY for watch mode
+- `locks`: the advisory locks that keep two runs off one target, and who holds them
 
 Submodules import downwards only: connection <- schema <- pages <- status, pages <- shards;
-writes and watch use connection and schema.
+writes, watch and locks use connection and schema.
 """
 
 from backfill_quality.db.connection import connect, describe_database, is_retryable, redact_url
+from backfill_quality.db.locks import (
+    LockHolder,
+    advisory_lock_holders,
+    advisory_unlock,
+    table_identity,
+    try_advisory_lock,
+)
 from backfill_quality.db.pages import (
     EXACT_COUNT_LIMIT,
     EXACT_COUNT_TIMEOUT_MS,
@@ -76,8 +84,11 @@ __all__ = [
     "URL_TYPES",
     "UUID_SPACE",
     "IdRange",
+    "LockHolder",
     "ScoreBuckets",
     "WriteResult",
+    "advisory_lock_holders",
+    "advisory_unlock",
     "applied_migrations",
     "apply_migrations",
     "check_target",
@@ -102,6 +113,8 @@ __all__ = [
     "score_distribution",
     "score_histogram",
     "shard_plan_bounds",
+    "table_identity",
+    "try_advisory_lock",
     "wait_for_notifications",
     "write_score_results",
     "write_scores",

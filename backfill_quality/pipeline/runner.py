@@ -27,6 +27,7 @@ from backfill_quality.pipeline.dbsession import DatabaseSession
 from backfill_quality.pipeline.lowwater import LowWaterMark
 from backfill_quality.pipeline.progress import EtaEstimator, Reporter
 from backfill_quality.pipeline.resume import RunStart, prepare_run
+from backfill_quality.pipeline.runlock import TargetLock, holder_name
 from backfill_quality.pipeline.scoringpool import ScoringPool
 from backfill_quality.pipeline.signals import StopSignals
 
@@ -67,9 +68,15 @@ class Runner:
         *,
         handle_signals: bool = True,
         skip_ids: Collection[RowId] = (),
+        lock: TargetLock | None = None,
     ) -> None:
+        """`lock`: the target's lock, when the caller holds it already (watch); by default a
+        run takes its own, and a dry run none (it writes nothing)."""
         self.settings = settings
         self.reporter = reporter
+        if lock is None and not settings.dry_run:
+            lock = TargetLock(settings.target, settings.shard, command="run")
+        self._lock = lock
         self._skip_ids = frozenset(skip_ids)  # watch mode: failed rows held back for a while
         self._interrupted: str | None = None
         self._fatal: BaseException | None = None
@@ -95,7 +102,13 @@ class Runner:
         return asyncio.run(self._run())
 
     async def _run(self) -> RunSummary:
-        session = DatabaseSession(self.settings.database_url, on_reconnect=self.reporter.warning)
+        lock = self._lock
+        session = DatabaseSession(
+            self.settings.database_url,
+            on_reconnect=self.reporter.warning,
+            application_name=lock.application_name if lock else holder_name("run"),
+            on_connect=lock.ensure if lock else None,  # on the first connection, and each new one
+        )
         self._session = session
         self._main = asyncio.current_task()
         if self._signals is not None:
@@ -205,7 +218,11 @@ class Runner:
         )
         is_short_page = False  # a page shorter than --batch-size: the table has no more rows
         while next_read is not None:
-            page_rows = await next_read
+            try:
+                page_rows = await next_read
+            except BackfillError as exc:  # stop as after a failed write: the checkpoint is saved
+                self._fail(exc)
+                return
             next_read = None
             is_short_page = len(page_rows) < s.batch_size
             rows = [row for row in page_rows if row.id not in self._skip_ids]

@@ -82,3 +82,20 @@ def target_tag(target: Target) -> str | None:
     )
     safe = [_UNSAFE_IN_FILE_NAME.sub("_", part) for part in parts if part is not None]
     return ".".join(safe)[:MAX_TAG_CHARS]
+
+
+def lock_keys(table: str, score_column: str, shard: Shard | None) -> tuple[int, int | None]:
+    """The advisory lock keys of a target (signed 64-bit): (the table's, the shard's or None).
+
+    `table` is the server's `schema.table`, so every spelling of one table gives one key; the
+    score column is part of the target (two scores of one table are two jobs). The database is
+    not: PostgreSQL keeps advisory locks per database already.
+    """
+    table_key = _key64("backfill-quality run", table, score_column)
+    shard_key = _key64("backfill-quality shard", table, score_column, str(shard)) if shard else None
+    return table_key, shard_key
+
+
+def _key64(*parts: str) -> int:
+    payload = json.dumps(parts, ensure_ascii=False).encode()
+    return int.from_bytes(hashlib.sha256(payload).digest()[:8], "big", signed=True)
