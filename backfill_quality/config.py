@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 import os
+import re
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -56,9 +58,25 @@ class Thresholds:
             raise ConfigError("edge margin must be in [0, 0.5)")
 
 
+MAX_IDENTIFIER_BYTES = 63  # PostgreSQL's NAMEDATALEN - 1
+_PLAIN_IDENTIFIER = re.compile(r"[a-z_][a-z0-9_$]*")
+TABLE_SYNTAX = (
+    "expected TABLE or SCHEMA.TABLE, each part as written (case kept) or in double quotes when "
+    'it holds a dot or a quote, e.g. media.photos or "My Schema"."photos.v2"'
+)
+
+
+def quote_name(name: str) -> str:
+    """`name` as PostgreSQL's quote_ident writes it: bare when plain lower case, else quoted."""
+    if _PLAIN_IDENTIFIER.fullmatch(name):
+        return name
+    return '"' + name.replace('"', '""') + '"'
+
+
 @dataclass(frozen=True, slots=True)
 class Target:
-    """Which table and columns the backfill reads and writes."""
+    """Which table and columns the backfill reads and writes. `schema` None: the table is found
+    through the search_path, as PostgreSQL finds an unqualified name."""
 
     table: str = DEFAULT_TABLE
     id_column: str = DEFAULT_ID_COLUMN
@@ -69,12 +87,75 @@ class Target:
     def __post_init__(self) -> None:
         for label, name in (
             ("--table", self.table),
+            ("--table (schema)", self.schema),
             ("--id-column", self.id_column),
             ("--url-column", self.url_column),
             ("--score-column", self.score_column),
         ):
-            if not name or "\x00" in name or len(name) > 63:
+            if name is None and label == "--table (schema)":
+                continue
+            if not name or "\x00" in name or len(name.encode()) > MAX_IDENTIFIER_BYTES:
                 raise ConfigError(f"{label}: {name!r} is not a usable PostgreSQL identifier")
+
+    def cli_options(self) -> list[str]:
+        """The options that name this target, where they differ from the defaults."""
+        options: list[str] = []
+        if self.schema or self.table != DEFAULT_TABLE:
+            options += ["--table", self.label]
+        for option, value, default in (
+            ("--id-column", self.id_column, DEFAULT_ID_COLUMN),
+            ("--url-column", self.url_column, DEFAULT_URL_COLUMN),
+            ("--score-column", self.score_column, DEFAULT_SCORE_COLUMN),
+        ):
+            if value != default:
+                options += [option, value]
+        return [shlex.quote(option) for option in options]
+
+    @property
+    def label(self) -> str:
+        """The table as SQL (and `--table`) would name it: `media.photos`, `"My Schema"."T"`."""
+        table = quote_name(self.table)
+        return f"{quote_name(self.schema)}.{table}" if self.schema else table
+
+
+def parse_table_option(text: str) -> tuple[str | None, str]:
+    """`--table` -> (schema or None, table). Parts are split on dots outside double quotes and
+    kept as written (no case folding); a quoted part may hold dots, `""` is a quote."""
+    parts: list[str] = []
+    i = 0
+    while True:
+        part, i = _name_part(text, i)
+        parts.append(part)
+        if i == len(text):
+            break
+        if text[i] != ".":
+            raise ConfigError(f"--table {text!r}: {TABLE_SYNTAX}")
+        i += 1
+    if len(parts) > 2:
+        raise ConfigError(f"--table {text!r}: {TABLE_SYNTAX}")
+    return (parts[0], parts[1]) if len(parts) == 2 else (None, parts[0])
+
+
+def _name_part(text: str, start: int) -> tuple[str, int]:
+    """One dot-separated part of `text` from `start`: (the name, the index after it)."""
+    if text.startswith('"', start):
+        pieces: list[str] = []
+        i = start + 1
+        while (end := text.find('"', i)) >= 0:
+            pieces.append(text[i:end])
+            if not text.startswith('""', end):
+                name = '"'.join(pieces)
+                if name:
+                    return name, end + 1
+                break
+            i = end + 2
+        raise ConfigError(f"--table {text!r}: {TABLE_SYNTAX}")
+    end = text.find(".", start)
+    end = len(text) if end < 0 else end
+    name = text[start:end]
+    if not name or '"' in name:
+        raise ConfigError(f"--table {text!r}: {TABLE_SYNTAX}")
+    return name, end
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,6 +31,12 @@ class TargetLockedError(BackfillError):
     exit_code = 4
 
 
+class MigrationBlockedError(BackfillError):
+    """A migration step cannot complete because of what the table holds (rows whose score breaks
+    the CHECK it adds); nothing was changed. The command was right, the data must be fixed: a
+    fatal error (1), like a table that stays locked, not a usage error (2)."""
+
+
 class CheckpointError(BackfillError):
     """The checkpoint file is unreadable, malformed, or from another target or kind of run: the
     user must choose (--restart, another --checkpoint), so it is a usage error."""

@@ -9,7 +9,7 @@ import psycopg
 import pytest
 
 from backfill_quality import db
-from backfill_quality.config import FetchSettings, RunSettings
+from backfill_quality.config import FetchSettings, RunSettings, Target
 from backfill_quality.demo.imageserver import ImageServer
 from backfill_quality.demo.synthetic import make_bird_image
 from backfill_quality.errors import ConfigError
@@ -63,7 +63,7 @@ def bird_url(image_server: ImageServer) -> str:
 
 def fill(database_url: str, urls: list[str]) -> None:
     with db.connect(database_url) as conn:
-        db.apply_migrations(conn)
+        db.migrate(conn, Target(), may_create_table=True)
         with conn.cursor() as cur:
             cur.executemany("INSERT INTO images (url) VALUES (%s)", [(u,) for u in urls])
 
@@ -181,7 +181,11 @@ def test_row_scored_by_someone_else_is_skipped_not_overwritten(
     import threading
 
     def score_it_meanwhile() -> None:
-        time.sleep(0.7)
+        # once the run is downloading the image (it answers after 1.5 s), never on a clock: a
+        # busy machine may take longer than any fixed pause to load the models and read the page
+        deadline = time.monotonic() + 60
+        while image_server.hits("/slow/1500") == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
         with psycopg.connect(database_url, autocommit=True) as conn:
             conn.execute("UPDATE images SET quality_score = 7")
 

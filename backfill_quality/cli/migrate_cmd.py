@@ -1,6 +1,9 @@
-"""`backfill-quality migrate`: apply the SQL files of migrations/ (idempotent)."""
+"""`backfill-quality migrate`: the score column, its CHECK, indexes (and, on request, the watch
+triggers) for the target table; each step says what it did. Safe to re-run."""
 
 from __future__ import annotations
+
+from typing import Annotated
 
 import typer
 
@@ -9,23 +12,73 @@ from backfill_quality.cli import options as o
 from backfill_quality.cli.app import app, error_boundary
 from backfill_quality.redaction import register_database_secrets
 
+MIGRATE_EPILOG = """Examples:
 
-@app.command(epilog="Example:\n\n  DATABASE_URL=postgresql://app@db/prod backfill-quality migrate")
-def migrate(database_url: o.DatabaseUrl = "", verbose: o.Verbose = False) -> None:
+  DATABASE_URL=postgresql://app@db/prod backfill-quality migrate
+
+  backfill-quality migrate --table media.photos --url-column src --score-column quality
+
+  backfill-quality migrate --watch --sql     # print what it would run, change nothing
+"""
+
+
+@app.command(epilog=MIGRATE_EPILOG)
+def migrate(
+    database_url: o.DatabaseUrl = "",
+    table: Annotated[
+        str | None,
+        typer.Option(
+            "--table",
+            help="Table holding the images: TABLE or SCHEMA.TABLE, found through the "
+            "search_path like any SQL name. Not given: `images`, created for the demo only "
+            "when no table of that name exists.",
+            show_default=False,
+            rich_help_panel=o.DB_PANEL,
+        ),
+    ] = None,
+    id_column: o.IdColumn = o.DEFAULT_ID_COLUMN,
+    url_column: o.UrlColumn = o.DEFAULT_URL_COLUMN,
+    score_column: o.ScoreColumn = o.DEFAULT_SCORE_COLUMN,
+    watch: Annotated[
+        bool,
+        typer.Option(
+            "--watch",
+            help="Also install the triggers `watch` listens to: NOTIFY on insert, and a "
+            "changed url resets the score.",
+        ),
+    ] = False,
+    as_sql: Annotated[
+        bool,
+        typer.Option("--sql", help="Print the SQL statements it would run; change nothing."),
+    ] = False,
+    verbose: o.Verbose = False,
+) -> None:
     """Create the score column, its CHECK, indexes and get_quality_category() — safe to re-run.
 
-    Adds nothing that rewrites the table or holds a long lock; the index of unscored rows is built
-    CONCURRENTLY so writers are never blocked.
+    Each step says what it did: created, already present, or skipped. Nothing rewrites the table
+    or holds a long lock; the indexes are built CONCURRENTLY so writers are never blocked. A step
+    that cannot complete (scores outside 0-100) stops migrate before it changes anything.
     """
     with error_boundary(verbose=verbose):
         register_database_secrets(database_url)
+        target = o.make_target(table or o.DEFAULT_TABLE, id_column, url_column, score_column)
         with db.connect(database_url) as conn:
-            applied = db.apply_migrations(conn, on_lock_wait=_say_waiting)
-        if applied:
-            for name in applied:
-                typer.echo(f"applied {name}")
-        else:
-            typer.echo("Database schema is up to date: nothing to apply.")
+            if as_sql:
+                plans = db.plan_migration(
+                    conn, target, may_create_table=table is None, with_watch=watch
+                )
+                typer.echo(db.render_sql(conn, target, plans), nl=False)
+                return
+            plans = db.migrate(
+                conn,
+                target,
+                may_create_table=table is None,
+                with_watch=watch,
+                on_lock_wait=_say_waiting,
+            )
+        width = max(len(plan.step) for plan in plans) + 1
+        for plan in plans:
+            typer.echo(f"{plan.step + ':':<{width}} {plan.outcome} — {plan.detail}")
 
 
 def _say_waiting(message: str) -> None:

@@ -34,7 +34,13 @@ DatabaseUrl = Annotated[
     ),
 ]
 Table = Annotated[
-    str, typer.Option("--table", help="Table holding the images.", rich_help_panel=DB_PANEL)
+    str,
+    typer.Option(
+        "--table",
+        help="Table holding the images: TABLE or SCHEMA.TABLE (media.photos; double-quote a "
+        'part with a dot: "My Schema"."photos.v2"), found through the search_path.',
+        rich_help_panel=DB_PANEL,
+    ),
 ]
 IdColumn = Annotated[
     str,
@@ -211,8 +217,14 @@ NotifyUrl = Annotated[
 
 
 def make_target(table: str, id_column: str, url_column: str, score_column: str) -> config.Target:
+    """The target of --table (TABLE or SCHEMA.TABLE) and the column options."""
+    schema, name = config.parse_table_option(table)
     return config.Target(
-        table=table, id_column=id_column, url_column=url_column, score_column=score_column
+        table=name,
+        schema=schema,
+        id_column=id_column,
+        url_column=url_column,
+        score_column=score_column,
     )
 
 

@@ -10,7 +10,6 @@ import typer
 from backfill_quality.cli import options as o
 from backfill_quality.cli.app import EXIT_FATAL, EXIT_OK, app, error_boundary
 from backfill_quality.cli.views import print_status
-from backfill_quality.config import Target
 from backfill_quality.pipeline.status import report_status, status_to_dict
 from backfill_quality.redaction import register_database_secrets
 
@@ -50,9 +49,7 @@ def status(
     """
     with error_boundary(verbose=verbose):
         register_database_secrets(database_url)
-        target = Target(
-            table=table, id_column=id_column, url_column=url_column, score_column=score_column
-        )
+        target = o.make_target(table, id_column, url_column, score_column)
         report = report_status(database_url, target, checkpoint, exact=exact)
         if as_json:
             typer.echo(json.dumps(status_to_dict(report), default=str))

@@ -39,7 +39,7 @@ from backfill_quality.redaction import register_database_secrets
 WATCH_CHECKPOINT = DEFAULT_CHECKPOINT.with_name(".backfill-progress.watch.json")
 WATCH_EPILOG = """Examples:
 
-  backfill-quality migrate          # once: adds the NOTIFY trigger (migration 004)
+  backfill-quality migrate --watch  # once: adds the NOTIFY trigger
 
   backfill-quality watch            # score new rows within seconds; Ctrl+C stops it
 

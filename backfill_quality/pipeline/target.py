@@ -41,11 +41,11 @@ def database_identity(database: str) -> str:
 
 
 def describe_target(*, database: str, target: Target, shard: Shard | None) -> str:
-    """A readable, secret-free description, e.g. 'db:5432/app images(id,url→quality_score)'."""
-    table = f"{target.schema}.{target.table}" if target.schema else target.table
+    """A readable, secret-free description, e.g. 'db:5432/app images(id,url→quality_score)';
+    the table as SQL names it (`media.photos`, `"My Schema"."photos.v2"`)."""
     text = (
         f"{database_identity(database)} "
-        f"{table}({target.id_column},{target.url_column}→{target.score_column})"
+        f"{target.label}({target.id_column},{target.url_column}→{target.score_column})"
     )
     return f"{text} shard {shard}" if shard else text
 

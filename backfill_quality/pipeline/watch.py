@@ -2,10 +2,11 @@
 
 Each cycle is one `Runner` pass over the unscored rows (cheap however big the table: the page
 query reads the partial index of unscored rows), so watch has the run's fetching, scoring,
-guarded writes, checkpoint and progress. Cycles start when PostgreSQL notifies us (migration 004:
-`NOTIFY backfill_quality` on insert and url change) and at least every `poll_interval_s`, so a
-missed notification (watch restarting, trigger disabled, a table without the trigger) delays a
-row by one poll interval at most, never loses it.
+guarded writes, checkpoint and progress. Cycles start when PostgreSQL notifies us (`migrate
+--watch` installs the trigger: NOTIFY on the table's own channel, read back from the trigger, on
+insert and url change) and at least every `poll_interval_s`, so a missed notification (watch
+restarting, trigger disabled, a table without the trigger) delays a row by one poll interval at
+most, never loses it.
 
 A row that failed is held back for `retry_failed_after_s` (in memory) so a broken URL is not
 fetched again on every cycle; a restarted watch tries it once more.
@@ -35,8 +36,7 @@ from backfill_quality.pipeline.progress import Reporter
 from backfill_quality.pipeline.runlock import TargetLock
 from backfill_quality.pipeline.runner import NOTHING_TO_DO, Runner
 
-WATCH_CHANNEL = "backfill_quality"
-NOTIFY_TRIGGER = "backfill_quality_notify"
+NOTIFY_TRIGGER = db.NOTIFY_TRIGGER
 DEFAULT_POLL_INTERVAL_S = 30.0
 DEFAULT_RETRY_FAILED_AFTER_S = 3600.0
 WAIT_SLICE_S = 0.25  # how often an idle wait looks for a stop request
@@ -56,7 +56,6 @@ class WatchSettings:
     run: RunSettings
     poll_interval_s: float = DEFAULT_POLL_INTERVAL_S
     retry_failed_after_s: float = DEFAULT_RETRY_FAILED_AFTER_S
-    channel: str = WATCH_CHANNEL
     debounce_s: float = DEBOUNCE_S
 
     def __post_init__(self) -> None:
@@ -283,8 +282,9 @@ class Watcher:
         try:
             self._id_type = db.check_target(conn, target)
             self._lock.ensure(conn)
-            db.listen(conn, s.channel)
-            has_trigger = db.has_notify_trigger(conn, target, NOTIFY_TRIGGER)
+            channel = db.notify_channel(conn, target)
+            if channel is not None:
+                db.listen(conn, channel)
         except BaseException:
             conn.close()
             raise
@@ -292,15 +292,14 @@ class Watcher:
         if not announce:
             return
         interval = f"{s.poll_interval_s:g} s"
-        if has_trigger:
-            self._log.info(
-                f"watching {target.table!r}: LISTEN {s.channel} and a poll every {interval}"
-            )
+        if channel is not None:
+            self._log.info(f"watching {target.label}: LISTEN {channel} and a poll every {interval}")
         else:
+            command = " ".join(["backfill-quality migrate --watch", *target.cli_options()])
             self._log.warning(
-                f"table {target.table!r} has no {NOTIFY_TRIGGER} trigger (migration 004 adds it "
-                f"to `images`; run `backfill-quality migrate`): new rows are found by the poll "
-                f"every {interval} only"
+                f"table {target.label} has no {NOTIFY_TRIGGER} trigger, so new rows are found"
+                f" by the poll every {interval} only; `{command}` installs it (and a trigger"
+                " that resets the score when a row's url changes)"
             )
 
     def _close_listener(self) -> None:
