@@ -119,11 +119,13 @@ def test_a_second_run_on_the_same_table_says_who_holds_it_and_does_nothing(
         wait_until(lambda: bool(held_by(database_url, first.pid)), timeout_s=60, what="a lock")
 
         second = run_elsewhere(tmp_path, database_url, "second")
+        qualified = run_elsewhere(tmp_path, database_url, "third", "--table", "public.images")
 
         assert first.is_running()
     result = first.wait(timeout_s=90)
 
     assert_refused(second, first.pid)
+    assert_refused(qualified, first.pid)  # one table however it is spelt
     assert "whole" in second.stderr and "images" in second.stderr
     assert not (tmp_path / "second" / CHECKPOINT_NAME).exists()
     assert result.exit_code == 0, result.output
