@@ -209,7 +209,7 @@ def tool_backends_waiting(database_url: str) -> list[int]:
     """The tool's connections waiting for a lock (a fresh snapshot of pg_stat_activity)."""
     with psycopg.connect(database_url, autocommit=True) as conn:
         rows = conn.execute(
-            "SELECT pid FROM pg_stat_activity WHERE application_name = 'backfill-quality'"
+            "SELECT pid FROM pg_stat_activity WHERE application_name LIKE 'backfill-quality%'"
             " AND wait_event_type = 'Lock' AND datname = current_database()"
         ).fetchall()
     return [int(pid) for (pid,) in rows]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import replace
 from io import StringIO
 
@@ -209,3 +210,34 @@ def test_eta_follows_the_recent_rate() -> None:
     assert eta.rate_per_s == pytest.approx(10.0)  # the slow start has left the window
     assert eta.describe(600) == "1m 00s"
     assert eta.remaining_s(0) == 0.0
+
+
+@pytest.mark.parametrize("make", [PlainReporter, None], ids=["plain", "rich"])
+def test_a_limited_dry_runs_summary_shows_the_rows_left_the_limit_and_its_scores(
+    make: Callable[[StringIO], Reporter] | None,
+) -> None:
+    buffer = StringIO()
+    reporter = (
+        make(buffer)
+        if make is not None
+        else RichReporter(Console(file=buffer, force_terminal=True, width=140, color_system=None))
+    )
+    histogram = (1, 0, 0, 0, 0, 2, 3, 0, 4, 5)  # low 3, medium 3, high 9
+    limited = replace(summary(failed_count=0), dry_run=True, limit=250, score_histogram=histogram)
+    reporter.start(total=1234, resumed_from=None, dry_run=True, limit=250)
+    reporter.finish(limited)
+    reporter.close()
+    text = buffer.getvalue()
+
+    assert "Total:         1234 images" in text
+    assert "Limit:         250 rows (--limit)" in text
+    assert "Processed:     250 (20.3%)" in text
+    assert "the 15 rows scored would get" in text
+    for category, count, share in (
+        ("high", 9, "60.0%"),
+        ("medium", 3, "20.0%"),
+        ("low", 3, "20.0%"),
+    ):
+        assert re.search(rf"^  {category}\s+{count}\s+{share}\s+█+$", text, re.MULTILINE), text
+    assert re.search(r"^  90-100\s+5\s+█{40}$", text, re.MULTILINE), text
+    assert re.search(r"^  10-19\s+0$", text, re.MULTILINE), text

@@ -269,4 +269,7 @@ def test_hostile_table_and_column_names_work_and_drop_nothing(
     assert table.audit_writes() == Counter(str(r.id) for r in rows)
     with psycopg.connect(database_url, autocommit=True) as conn:
         assert conn.execute("SELECT note FROM keep").fetchall() == [("still here",)]
-    assert read_checkpoint(tmp_path / CHECKPOINT_NAME)["finished"] is True
+    # the target's own checkpoint: the names made safe for a file name, nothing outside tmp_path
+    checkpoint_name = ".backfill-progress.images_DROP_TABLE_keep_--.score_DROP_TABLE_keep_--.json"
+    assert read_checkpoint(tmp_path / checkpoint_name)["finished"] is True
+    assert [p.name for p in tmp_path.iterdir() if p.suffix == ".json"] == [checkpoint_name]

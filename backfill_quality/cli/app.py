@@ -26,6 +26,8 @@ EXIT_OK = 0
 EXIT_FATAL = 1
 EXIT_USAGE = 2
 EXIT_SOME_FAILED = 3
+EXIT_LOCKED = 4
+"""Another run or watch holds the target's lock (errors.TargetLockedError)."""
 
 # psycopg warns through `logging` when a pipeline ends on a dead connection ("error ignored
 # terminating <psycopg.Pipeline [BAD]>"); the tool already reports the loss and reconnects, and

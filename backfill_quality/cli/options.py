@@ -78,7 +78,7 @@ CheckpointPath = Annotated[
         "--checkpoint",
         envvar="BACKFILL_CHECKPOINT",
         metavar="PATH",
-        help="Checkpoint file (dry runs and shards use a sibling file).",
+        help="Checkpoint file (another table, a shard or a dry run uses a sibling file).",
         dir_okay=False,
     ),
 ]

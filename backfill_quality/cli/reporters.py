@@ -30,7 +30,9 @@ from backfill_quality.cli.summary import (
     RULE,
     Counts,
     closing_notes,
+    distribution_lines,
     failed_lines,
+    score_distribution,
     shorten,
     summary_line,
     summary_lines,
@@ -65,13 +67,16 @@ class PlainReporter:
         self._stream.write(f"{utc_now()} {level:<7} {redact(text)}\n")
         self._stream.flush()
 
-    def start(self, *, total: int, resumed_from: RowId | None, dry_run: bool) -> None:
+    def start(
+        self, *, total: int, resumed_from: RowId | None, dry_run: bool, limit: int | None = None
+    ) -> None:
         self._counts.total = total
         if self._quiet:
             return
         resumed = f", resuming after id {resumed_from}" if resumed_from is not None else ""
+        stops = f", this run stops after {limit} (--limit)" if limit is not None else ""
         mode = " (dry run: nothing is written)" if dry_run else ""
-        self._emit("INFO", f"starting: {total} images to score{resumed}{mode}")
+        self._emit("INFO", f"starting: {total} images to score{resumed}{stops}{mode}")
 
     def row_done(self, outcome: Outcome) -> None:
         self._counts.row(outcome)
@@ -115,7 +120,7 @@ class PlainReporter:
             return
         lines = ["📊 Progress Summary", RULE]
         lines += [f"{label + ':':<15}{value}" for label, value in summary_lines(summary)]
-        lines += [RULE, *closing_notes(summary)]
+        lines += [RULE, *distribution_lines(summary), *closing_notes(summary)]
         lines += failed_lines(summary)
         self._stream.write(redact("\n".join(lines)) + "\n")
         self._stream.flush()
@@ -155,10 +160,13 @@ class JsonReporter:
         self._stream.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
         self._stream.flush()
 
-    def start(self, *, total: int, resumed_from: RowId | None, dry_run: bool) -> None:
+    def start(
+        self, *, total: int, resumed_from: RowId | None, dry_run: bool, limit: int | None = None
+    ) -> None:
         self._counts.total = total
         if not self._quiet:
-            self._emit("start", total=total, resumedFrom=resumed_from, dryRun=dry_run)
+            fields = {"resumedFrom": resumed_from, "dryRun": dry_run, "limit": limit}
+            self._emit("start", total=total, **fields)
 
     def row_done(self, outcome: Outcome) -> None:
         self._counts.row(outcome)
@@ -202,6 +210,7 @@ class JsonReporter:
         failed = [{"id": i, "url": u, "error": e} for i, u, e in summary.failed_images]
         hidden = max(0, len(failed) - MAX_FAILED_SHOWN)
         fields |= {"failedImages": failed[:MAX_FAILED_SHOWN], "failedImagesOmitted": hidden}
+        fields |= {"scoreDistribution": score_distribution(summary)}
         self._emit("summary", **fields)
 
     def close(self) -> None:
@@ -246,9 +255,13 @@ class RichReporter:
             eta=counts.eta.describe(counts.remaining),
         )
 
-    def start(self, *, total: int, resumed_from: RowId | None, dry_run: bool) -> None:
+    def start(
+        self, *, total: int, resumed_from: RowId | None, dry_run: bool, limit: int | None = None
+    ) -> None:
         self._counts.total = total
-        label = "Dry run" if dry_run else "Scoring"
+        label = ("Dry run" if dry_run else "Scoring") + (
+            f" (stops after {limit}: --limit)" if limit is not None else ""
+        )
         self._task = self._progress.add_task(
             label, total=total or None, succeeded=0, failed=0, rate="", eta="unknown"
         )
@@ -287,6 +300,8 @@ class RichReporter:
         for label, value in summary_lines(summary):
             out.print(f"{label + ':':<15}{value}", markup=False, highlight=False)
         out.print(RULE, style="dim", markup=False)
+        for line in distribution_lines(summary):
+            out.print(line, markup=False, highlight=False)
         for note in closing_notes(summary):
             out.print(redact(note), markup=False, highlight=False)
         if summary.failed_images:

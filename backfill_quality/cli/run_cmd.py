@@ -67,7 +67,11 @@ def run(
     concurrency: o.Concurrency = DEFAULT_CONCURRENCY,
     max_rps: o.MaxRps = None,
     dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="Fetch and score, write nothing to the database.")
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Fetch and score, write nothing to the database (and take no lock).",
+        ),
     ] = False,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the checkpoint.")] = False,
     restart: Annotated[
@@ -82,7 +86,12 @@ def run(
     ] = False,
     checkpoint: o.CheckpointPath = o.DEFAULT_CHECKPOINT,
     limit: Annotated[
-        int | None, typer.Option(min=1, metavar="N", help="Stop after this many rows.")
+        int | None,
+        typer.Option(
+            min=1,
+            metavar="N",
+            help="Stop after this many rows (Total still counts every row left).",
+        ),
     ] = None,
     timeout: o.Timeout = DEFAULT_TIMEOUT_S,
     max_bytes: o.MaxBytes = DEFAULT_MAX_BYTES,
@@ -101,7 +110,10 @@ def run(
     log_format: o.LegacyLogFormat = None,
     version: o.Version = False,
 ) -> None:
-    """Score every image whose score is NULL and write the score back, page by page."""
+    """Score every image whose score is NULL and write the score back, page by page.
+
+    One run per table at a time: a second one (not a dry run) exits 4, naming the first.
+    """
     as_json = o.wants_json(json_events, log_format)
     with error_boundary(verbose=verbose, as_json=as_json):
         register_database_secrets(database_url)

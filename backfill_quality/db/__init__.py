@@ -13,13 +13,21 @@ Callers use `from backfill_quality import db` and `db.<name>`; the submodules ow
 - `writes`: the pipelined per-row score UPDATEs, and the demo's seed rows
 - `status`: monitoring SQL for `status` (categories, histograms, exact counts, estimates)
 - `watch`: LISTEN/NOTIFY for watch mode
+- `locks`: the advisory locks that keep two runs off one target, and who holds them
 
 Submodules import downwards only: connection <- schema <- pages <- status, pages <- shards;
-shards <- migration_steps <- watch_triggers <- migrate; writes and watch use connection and
-schema (watch also migration_steps, for the trigger's name).
+shards <- migration_steps <- watch_triggers <- migrate; writes, watch and locks use connection
+and schema (watch also migration_steps, for the trigger's name).
 """
 
 from backfill_quality.db.connection import connect, describe_database, is_retryable, redact_url
+from backfill_quality.db.locks import (
+    LockHolder,
+    advisory_lock_holders,
+    advisory_unlock,
+    table_identity,
+    try_advisory_lock,
+)
 from backfill_quality.db.migrate import (
     MIGRATIONS_LOCK_KEY,
     STEPS,
@@ -84,9 +92,12 @@ __all__ = [
     "URL_TYPES",
     "UUID_SPACE",
     "IdRange",
+    "LockHolder",
     "ScoreBuckets",
     "StepPlan",
     "WriteResult",
+    "advisory_lock_holders",
+    "advisory_unlock",
     "check_target",
     "connect",
     "count_score_buckets",
@@ -112,6 +123,8 @@ __all__ = [
     "score_distribution",
     "score_histogram",
     "shard_plan_bounds",
+    "table_identity",
+    "try_advisory_lock",
     "wait_for_notifications",
     "write_score_results",
     "write_scores",

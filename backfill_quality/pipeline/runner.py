@@ -22,11 +22,12 @@ from backfill_quality.config import RunSettings, available_cpus
 from backfill_quality.errors import BackfillError, DecodeError, FetchError, ModelError
 from backfill_quality.fetching.fetcher import ImageFetcher
 from backfill_quality.models import ImageRow, Outcome, RowId, RunSummary
-from backfill_quality.pipeline.checkpoint import Checkpoint, checkpoint_path_for, save_checkpoint
+from backfill_quality.pipeline.checkpoint import Checkpoint, run_checkpoint_path, save_checkpoint
 from backfill_quality.pipeline.dbsession import DatabaseSession
 from backfill_quality.pipeline.lowwater import LowWaterMark
 from backfill_quality.pipeline.progress import EtaEstimator, Reporter
 from backfill_quality.pipeline.resume import RunStart, prepare_run
+from backfill_quality.pipeline.runlock import TargetLock, holder_name
 from backfill_quality.pipeline.scoringpool import ScoringPool
 from backfill_quality.pipeline.signals import StopSignals
 
@@ -67,9 +68,15 @@ class Runner:
         *,
         handle_signals: bool = True,
         skip_ids: Collection[RowId] = (),
+        lock: TargetLock | None = None,
     ) -> None:
+        """`lock`: the target's lock, when the caller holds it already (watch); by default a
+        run takes its own, and a dry run none (it writes nothing)."""
         self.settings = settings
         self.reporter = reporter
+        if lock is None and not settings.dry_run:
+            lock = TargetLock(settings.target, settings.shard, command="run")
+        self._lock = lock
         self._skip_ids = frozenset(skip_ids)  # watch mode: failed rows held back for a while
         self._interrupted: str | None = None
         self._fatal: BaseException | None = None
@@ -95,7 +102,13 @@ class Runner:
         return asyncio.run(self._run())
 
     async def _run(self) -> RunSummary:
-        session = DatabaseSession(self.settings.database_url, on_reconnect=self.reporter.warning)
+        lock = self._lock
+        session = DatabaseSession(
+            self.settings.database_url,
+            on_reconnect=self.reporter.warning,
+            application_name=lock.application_name if lock else holder_name("run"),
+            on_connect=lock.ensure if lock else None,  # on the first connection, and each new one
+        )
         self._session = session
         self._main = asyncio.current_task()
         if self._signals is not None:
@@ -113,6 +126,8 @@ class Runner:
                     raise
                 return self._summary_before_start()
             checkpoint, path = start.checkpoint, start.path
+            for note in start.notes:
+                self.reporter.info(note)
             save_checkpoint(path, checkpoint)  # from now on, --resume has something to resume
             if start.left == 0:
                 return self._finish_empty(checkpoint, path)
@@ -120,6 +135,7 @@ class Runner:
                 total=checkpoint.total,
                 resumed_from=checkpoint.last_processed_id,
                 dry_run=self.settings.dry_run,
+                limit=self.settings.limit,
             )
             if checkpoint.processed:  # resumed: the bar starts where the last run stopped
                 self.reporter.page_done(checkpoint)
@@ -202,7 +218,11 @@ class Runner:
         )
         is_short_page = False  # a page shorter than --batch-size: the table has no more rows
         while next_read is not None:
-            page_rows = await next_read
+            try:
+                page_rows = await next_read
+            except BackfillError as exc:  # stop as after a failed write: the checkpoint is saved
+                self._fail(exc)
+                return
             next_read = None
             is_short_page = len(page_rows) < s.batch_size
             rows = [row for row in page_rows if row.id not in self._skip_ids]
@@ -375,7 +395,7 @@ class Runner:
     def _summary_before_start(self) -> RunSummary:
         """Interrupted while starting: nothing was processed and no checkpoint was written."""
         s = self.settings
-        path = checkpoint_path_for(s.checkpoint_path, dry_run=s.dry_run, shard=s.shard)
+        path = run_checkpoint_path(s)
         return RunSummary(
             total=0,
             processed=0,
@@ -388,6 +408,7 @@ class Runner:
             interrupted=self._interrupted,
             failed_images=(),
             checkpoint_path=str(path),
+            limit=s.limit,
         )
 
     def _summary(self, checkpoint: Checkpoint, path: Path) -> RunSummary:
@@ -406,4 +427,6 @@ class Runner:
             interrupted=None if checkpoint.finished else self._interrupted,
             failed_images=tuple((f.id, f.url, f.error) for f in checkpoint.failed_images),
             checkpoint_path=str(path),
+            limit=self.settings.limit,
+            score_histogram=tuple(checkpoint.score_histogram),
         )

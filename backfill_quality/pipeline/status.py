@@ -25,6 +25,8 @@ from backfill_quality.redaction import redact
 
 CATEGORY_DECILES = {"high": range(8, 10), "medium": range(6, 8), "low": range(0, 6)}
 _SHARD = re.compile(r"^(\d+)/(\d+)$")
+SHARD_SUFFIX = re.compile(r" shard \d+/\d+$")
+"""The end of a shard checkpoint's `target`: what its shards' descriptions do not share."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,8 +65,10 @@ class TableStats:
 
 @dataclass(frozen=True, slots=True)
 class ShardGroup:
-    """The checkpoints of one N-way sharded run (real or dry), summed."""
+    """The checkpoints of one N-way sharded run (real or dry) of one target, summed."""
 
+    target: str
+    """The target without its shard, as the checkpoints describe it (database table(columns))."""
     count: int
     dry_run: bool
     present: list[int]
@@ -121,16 +125,18 @@ def _modified_at(path: Path) -> datetime | None:
 
 
 def group_shards(checkpoints: list[CheckpointInfo]) -> list[ShardGroup]:
-    """Sum the shard checkpoints per (N, dry run); tells which shards have no checkpoint."""
-    groups: dict[tuple[int, bool], list[tuple[int, Checkpoint]]] = {}
+    """Sum the shard checkpoints per (target, N, dry run); tells which shards have none."""
+    groups: dict[tuple[str, int, bool], list[tuple[int, Checkpoint]]] = {}
     for info in checkpoints:
         cp = info.checkpoint
         match = _SHARD.match(cp.shard or "") if cp else None
         if cp is None or match is None:
             continue
-        groups.setdefault((int(match[2]), cp.dry_run), []).append((int(match[1]), cp))
+        target = SHARD_SUFFIX.sub("", cp.target)
+        groups.setdefault((target, int(match[2]), cp.dry_run), []).append((int(match[1]), cp))
     return [
         ShardGroup(
+            target=target,
             count=count,
             dry_run=dry_run,
             present=sorted(k for k, _ in members),
@@ -139,7 +145,7 @@ def group_shards(checkpoints: list[CheckpointInfo]) -> list[ShardGroup]:
             failed=sum(cp.failed for _, cp in members),
             finished=sum(cp.finished for _, cp in members),
         )
-        for (count, dry_run), members in sorted(groups.items())
+        for (target, count, dry_run), members in sorted(groups.items())
     ]
 
 
@@ -200,6 +206,7 @@ def status_to_dict(report: StatusReport) -> dict[str, Any]:
         "checkpoints": [_checkpoint_to_dict(info) for info in report.checkpoints],
         "shards": [
             {
+                "target": g.target,
                 "count": g.count,
                 "dryRun": g.dry_run,
                 "present": g.present,

@@ -37,6 +37,7 @@ from backfill_quality.errors import ConfigError, DatabaseError
 from backfill_quality.models import Outcome, RowId, RunSummary
 from backfill_quality.pipeline.checkpoint import Checkpoint
 from backfill_quality.pipeline.progress import Reporter
+from backfill_quality.pipeline.runlock import TargetLock
 from backfill_quality.pipeline.runner import NOTHING_TO_DO, Runner
 
 NOTIFY_TRIGGER = db.NOTIFY_TRIGGER
@@ -95,7 +96,9 @@ class _CycleReporter:
         self._start: dict[str, Any] | None = None
         self.is_active = False
 
-    def start(self, *, total: int, resumed_from: RowId | None, dry_run: bool) -> None:
+    def start(
+        self, *, total: int, resumed_from: RowId | None, dry_run: bool, limit: int | None = None
+    ) -> None:
         self._start = {"total": total, "resumed_from": resumed_from, "dry_run": dry_run}
 
     def _activate(self) -> None:
@@ -149,6 +152,9 @@ class Watcher:
         self._is_in_cycle = False
         self._listener: Any = None
         self._id_type = ""
+        self._lock = TargetLock(settings.run.target, settings.run.shard, command="watch")
+        """Held by the listener's session for the watch's life, taken again when it reconnects;
+        each cycle's runner finds it held by us."""
 
     def run(self) -> WatchResult:
         """Watch until SIGINT / SIGTERM; a fatal error (bad table, unwritable checkpoint) raises."""
@@ -225,7 +231,9 @@ class Watcher:
         reporter = _CycleReporter(self._make_reporter())
         self._is_in_cycle = True
         try:
-            runner = Runner(run_settings, reporter, skip_ids=self._held_until.keys())
+            runner = Runner(
+                run_settings, reporter, skip_ids=self._held_until.keys(), lock=self._lock
+            )
             summary = runner.run()
             reporter.finish(summary)
         finally:
@@ -272,9 +280,10 @@ class Watcher:
         """LISTEN before the first cycle, so no row inserted during it goes unnoticed."""
         s = self.settings
         target = s.run.target
-        conn = db.connect(s.run.database_url, application_name="backfill-quality watch")
+        conn = db.connect(s.run.database_url, application_name=self._lock.application_name)
         try:
             self._id_type = db.check_target(conn, target)
+            self._lock.ensure(conn)
             channel = db.notify_channel(conn, target)
             if channel is not None:
                 db.listen(conn, channel)

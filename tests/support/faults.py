@@ -27,8 +27,9 @@ from psycopg import sql
 from tests.support.cli import CliResult, cli_env
 from tests.support.table import AUDIT_TABLE, UserTable
 
-APPLICATION_NAME = "backfill-quality"
-"""The application_name the tool's connections carry in pg_stat_activity."""
+APPLICATION_NAME_PATTERN = "backfill-quality%"
+"""The application_name of the tool's connections in pg_stat_activity (a LIKE pattern: a run's
+sessions are named `backfill-quality run <pid>@<host>`)."""
 
 
 @dataclass
@@ -172,8 +173,8 @@ def tool_backends(admin_url: str, dbname: str) -> list[int]:
     """Backend pids of the tool's connections to `dbname`."""
     with psycopg.connect(admin_url, autocommit=True) as conn:
         rows = conn.execute(
-            "SELECT pid FROM pg_stat_activity WHERE application_name = %s AND datname = %s",
-            (APPLICATION_NAME, dbname),
+            "SELECT pid FROM pg_stat_activity WHERE application_name LIKE %s AND datname = %s",
+            (APPLICATION_NAME_PATTERN, dbname),
         ).fetchall()
     return [int(pid) for (pid,) in rows]
 
@@ -183,8 +184,8 @@ def terminate_tool_backends(admin_url: str, dbname: str) -> int:
     with psycopg.connect(admin_url, autocommit=True) as conn:
         rows = conn.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-            " WHERE application_name = %s AND datname = %s",
-            (APPLICATION_NAME, dbname),
+            " WHERE application_name LIKE %s AND datname = %s",
+            (APPLICATION_NAME_PATTERN, dbname),
         ).fetchall()
     return sum(1 for (ok,) in rows if ok)
 
