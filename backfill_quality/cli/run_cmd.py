@@ -15,6 +15,7 @@ from backfill_quality.config import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_CONCURRENCY,
     DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_CONCURRENCY,
     DEFAULT_RETRIES,
     DEFAULT_TIMEOUT_S,
     RunSettings,
@@ -71,6 +72,8 @@ def run(
         ),
     ] = 0,
     concurrency: o.Concurrency = DEFAULT_CONCURRENCY,
+    max_concurrency: o.MaxConcurrency = DEFAULT_MAX_CONCURRENCY,
+    max_per_host: o.MaxPerHost = None,
     max_rps: o.MaxRps = None,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Fetch and score, write nothing to the database.")
@@ -115,6 +118,8 @@ def run(
                 retries=retries,
                 max_rps=max_rps,
                 concurrency=concurrency,
+                max_concurrency=max_concurrency,
+                max_per_host=max_per_host,
                 deny_private_networks=deny_private_networks,
             ),
             thresholds=thresholds_with_overrides(threshold or []),
