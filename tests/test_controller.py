@@ -92,3 +92,22 @@ def test_slots_follow_a_changing_limit_first_come_first_served() -> None:
         return order
 
     assert asyncio.run(scenario()) == ["a", "b", "|", "c"]
+
+
+def test_a_waiter_cancelled_while_the_slots_grow_neither_fails_nor_keeps_a_slot() -> None:
+    async def scenario() -> tuple[int, int]:
+        slots = Slots(1)
+        await slots.acquire()
+        waiters = [asyncio.create_task(slots.acquire()) for _ in range(3)]
+        await asyncio.sleep(0)
+        waiters[0].cancel()  # a row stopped by Ctrl+C while it waited for a slot...
+        slots.set_limit(3)  # ...just as the level grew and woke the waiters
+        results = await asyncio.gather(*waiters, return_exceptions=True)
+        assert isinstance(results[0], asyncio.CancelledError)
+        assert results[1:] == [None, None]
+        slots.release()
+        slots.release()
+        slots.release()
+        return slots.in_use, len(slots._waiters)
+
+    assert asyncio.run(scenario()) == (0, 0)

@@ -55,7 +55,7 @@ class Slots:
         except BaseException:
             if waiter.done() and not waiter.cancelled():
                 self.release()  # woken and cancelled at once: pass the slot on
-            else:
+            elif waiter in self._waiters:  # `_wake` drops cancelled waiters itself
                 self._waiters.remove(waiter)
             raise
 
