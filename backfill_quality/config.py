@@ -18,8 +18,14 @@ DEFAULT_SCORE_COLUMN = "quality_score"
 DEFAULT_CHECKPOINT = Path(".backfill-progress.json")
 DEFAULT_BATCH_SIZE = 50
 MAX_BATCH_SIZE = 50
-DEFAULT_CONCURRENCY = 16
+CONCURRENCY_AUTO = "auto"
+DEFAULT_CONCURRENCY = CONCURRENCY_AUTO
 MAX_CONCURRENCY = 1024
+DEFAULT_MAX_CONCURRENCY = 64
+"""The ceiling of `--concurrency auto` (`--max-concurrency`)."""
+HOST_SHARE_OF_MAX = 0.75
+"""With `--concurrency auto`, one host may hold at most this share of `--max-concurrency`
+(`--max-per-host` overrides it): one slow host among many cannot take every slot."""
 DEFAULT_TIMEOUT_S = 30.0
 DEFAULT_MAX_BYTES = 25_000_000
 DEFAULT_RETRIES = 3
@@ -168,7 +174,12 @@ class FetchSettings:
     max_bytes: int = DEFAULT_MAX_BYTES
     retries: int = DEFAULT_RETRIES
     max_rps: float | None = None
-    concurrency: int = DEFAULT_CONCURRENCY
+    concurrency: int | None = None
+    """Downloads in flight; None: `auto` (an adaptive level between 1 and max_concurrency)."""
+    max_concurrency: int = DEFAULT_MAX_CONCURRENCY
+    max_per_host: int | None = None
+    """Downloads in flight to one host; None: HOST_SHARE_OF_MAX of max_concurrency (auto) or
+    the fixed concurrency."""
     deny_private_networks: bool = False
     max_redirects: int = 5
     backoff_base_s: float = 0.5
@@ -184,8 +195,51 @@ class FetchSettings:
             raise ConfigError("--retries must be between 0 and 20")
         if self.max_rps is not None and not self.max_rps > 0:
             raise ConfigError("--max-rps must be greater than 0")
-        if not 1 <= self.concurrency <= MAX_CONCURRENCY:
-            raise ConfigError(f"--concurrency must be between 1 and {MAX_CONCURRENCY}")
+        if self.concurrency is not None and not 1 <= self.concurrency <= MAX_CONCURRENCY:
+            raise ConfigError(
+                f"--concurrency must be auto or between 1 and {MAX_CONCURRENCY}, "
+                f"not {self.concurrency}"
+            )
+        if not 1 <= self.max_concurrency <= MAX_CONCURRENCY:
+            raise ConfigError(f"--max-concurrency must be between 1 and {MAX_CONCURRENCY}")
+        if self.max_per_host is not None and not 1 <= self.max_per_host <= MAX_CONCURRENCY:
+            raise ConfigError(f"--max-per-host must be between 1 and {MAX_CONCURRENCY}")
+
+    @property
+    def is_adaptive(self) -> bool:
+        """`--concurrency auto`: the number in flight finds its own level."""
+        return self.concurrency is None
+
+    @property
+    def ceiling(self) -> int:
+        """The most downloads ever in flight at once: the fixed number, or the auto ceiling."""
+        return self.max_concurrency if self.concurrency is None else self.concurrency
+
+    @property
+    def per_host_limit(self) -> int:
+        """The most downloads in flight to one host (never above `ceiling`)."""
+        if self.max_per_host is not None:
+            return min(self.max_per_host, self.ceiling)
+        if self.concurrency is not None:
+            return self.concurrency
+        return max(1, math.ceil(HOST_SHARE_OF_MAX * self.max_concurrency))
+
+
+def parse_concurrency(text: str) -> int | None:
+    """`auto` -> None; a whole number 1..MAX_CONCURRENCY -> itself; ConfigError otherwise."""
+    value = text.strip().lower()
+    if value == CONCURRENCY_AUTO:
+        return None
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if not 1 <= number <= MAX_CONCURRENCY:
+        raise ConfigError(
+            f"--concurrency {text!r}: expected auto or a whole number from 1 to "
+            f"{MAX_CONCURRENCY} (1 = one image at a time, like the original)"
+        )
+    return number
 
 
 @dataclass(frozen=True, slots=True)

@@ -438,9 +438,21 @@ def test_other_key_types_and_table_names(
         (("--batch-size", "51"), "--batch-size"),
         (("--delay", "-1"), "--delay"),
         (("--concurrency", "0"), "--concurrency"),
+        (("--concurrency", "lots"), "--concurrency"),
+        (("--max-concurrency", "0"), "--max-concurrency"),
+        (("--max-per-host", "0"), "--max-per-host"),
         (("--log-format", "xml"), "--log-format"),
     ],
-    ids=["batch-size-0", "batch-size-51", "negative-delay", "concurrency-0", "log-format-xml"],
+    ids=[
+        "batch-size-0",
+        "batch-size-51",
+        "negative-delay",
+        "concurrency-0",
+        "concurrency-word",
+        "max-concurrency-0",
+        "max-per-host-0",
+        "log-format-xml",
+    ],
 )
 def test_bad_option_values_are_usage_errors_naming_the_option(
     args: tuple[str, ...], option: str
@@ -671,6 +683,10 @@ def test_json_logs_are_one_event_per_line(
         assert summary[key] == checkpoint[key], key
     assert (summary["processed"], summary["succeeded"], summary["failed"]) == (9, 8, 1)
     assert table.audit_writes() == Counter(keys(valid_rows))
+    levels = [event for event in events if event["event"] == "concurrency"]
+    assert levels[0]["previous"] == 0 and "auto" in levels[0]["reason"]  # the default
+    assert all(event["reason"] and event["level"] >= 1 for event in levels)
+    assert all(event["inFlight"] >= 1 for event in events if event["event"] == "page")
 
 
 # --- the detector ---------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from backfill_quality.cli.reporters import (
 )
 from backfill_quality.cli.summary import summary_line
 from backfill_quality.errors import ConfigError
+from backfill_quality.fetching.controller import LevelChange
 from backfill_quality.models import ImageRow, Outcome, RunSummary
 from backfill_quality.pipeline.checkpoint import Checkpoint
 from backfill_quality.pipeline.progress import EtaEstimator, Reporter, format_duration
@@ -241,3 +242,30 @@ def test_a_limited_dry_runs_summary_shows_the_rows_left_the_limit_and_its_scores
         assert re.search(rf"^  {category}\s+{count}\s+{share}\s+█+$", text, re.MULTILINE), text
     assert re.search(r"^  90-100\s+5\s+█{40}$", text, re.MULTILINE), text
     assert re.search(r"^  10-19\s+0$", text, re.MULTILINE), text
+
+
+def test_the_level_in_flight_is_on_the_progress_line_and_verbose_says_why_it_moved() -> None:
+    for verbose in (False, True):
+        stream = StringIO()
+        reporter = PlainReporter(stream, verbose=verbose)
+        reporter.start(total=10, resumed_from=None, dry_run=False)
+        reporter.level_changed(LevelChange(0, 4, "--concurrency auto starts here"))
+        reporter.level_changed(LevelChange(4, 8, "scorers waited for images 40% of the time"))
+        reporter.page_done(Checkpoint(fingerprint="f", dry_run=False, total=10, processed=5))
+        text = stream.getvalue()
+        assert ", 8 in flight," in text
+        reason = "downloads in flight 4 -> 8: scorers waited for images 40% of the time"
+        assert (reason in text) is verbose
+
+
+def test_json_reporter_says_why_the_level_moved() -> None:
+    stream = StringIO()
+    reporter = JsonReporter(stream)
+    reporter.start(total=10, resumed_from=None, dry_run=False)
+    reporter.level_changed(LevelChange(16, 8, "HTTP 429 from cdn.example:443"))
+    reporter.page_done(Checkpoint(fingerprint="f", dry_run=False, total=10, processed=5))
+    events = [json.loads(line) for line in stream.getvalue().splitlines()]
+    change = next(event for event in events if event["event"] == "concurrency")
+    assert (change["level"], change["previous"]) == (8, 16)
+    assert change["reason"] == "HTTP 429 from cdn.example:443"
+    assert next(event for event in events if event["event"] == "page")["inFlight"] == 8

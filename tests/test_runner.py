@@ -13,6 +13,7 @@ from backfill_quality.config import FetchSettings, RunSettings, Target
 from backfill_quality.demo.imageserver import ImageServer
 from backfill_quality.demo.synthetic import make_bird_image
 from backfill_quality.errors import ConfigError
+from backfill_quality.fetching.controller import LevelChange
 from backfill_quality.models import Outcome, RunSummary
 from backfill_quality.pipeline.checkpoint import Checkpoint, load_checkpoint
 from backfill_quality.pipeline.runner import Runner
@@ -27,6 +28,7 @@ class RecordingReporter:
         self.pages = 0
         self.checkpoints: list[int] = []  # rows processed, as told at each page_done
         self.total: int | None = None
+        self.levels: list[LevelChange] = []  # the downloads in flight, first one and moves
 
     def start(
         self, *, total: int, resumed_from: object, dry_run: bool, limit: int | None = None
@@ -39,6 +41,9 @@ class RecordingReporter:
     def page_done(self, checkpoint: Checkpoint) -> None:
         self.pages += 1
         self.checkpoints.append(checkpoint.processed)
+
+    def level_changed(self, change: LevelChange) -> None:
+        self.levels.append(change)
 
     def info(self, message: str) -> None:
         self.messages.append(message)

@@ -116,13 +116,36 @@ BatchSize = Annotated[
     ),
 ]
 Concurrency = Annotated[
+    str,
+    typer.Option(
+        metavar="auto|N",
+        envvar="BACKFILL_CONCURRENCY",
+        help="Images downloading at once: auto (grows while the scorers wait for images, backs "
+        "off when hosts push back) or a fixed N; 1 = sequential like the original.",
+        rich_help_panel=FETCH_PANEL,
+    ),
+]
+MaxConcurrency = Annotated[
     int,
     typer.Option(
         min=1,
         max=config.MAX_CONCURRENCY,
         metavar="N",
-        envvar="BACKFILL_CONCURRENCY",
-        help="Images downloading at once; 1 = sequential like the original.",
+        envvar="BACKFILL_MAX_CONCURRENCY",
+        help="With --concurrency auto: the most images downloading at once.",
+        rich_help_panel=FETCH_PANEL,
+    ),
+]
+MaxPerHost = Annotated[
+    int | None,
+    typer.Option(
+        min=1,
+        max=config.MAX_CONCURRENCY,
+        metavar="N",
+        envvar="BACKFILL_MAX_PER_HOST",
+        help="The most images downloading at once from one host (default: 3/4 of "
+        "--max-concurrency with auto, else --concurrency).",
+        show_default=False,
         rich_help_panel=FETCH_PANEL,
     ),
 ]
@@ -278,7 +301,9 @@ def make_fetch_settings(
     max_bytes: int,
     retries: int,
     max_rps: float | None,
-    concurrency: int,
+    concurrency: str,
+    max_concurrency: int = config.DEFAULT_MAX_CONCURRENCY,
+    max_per_host: int | None = None,
     deny_private_networks: bool,
 ) -> config.FetchSettings:
     return config.FetchSettings(
@@ -286,6 +311,8 @@ def make_fetch_settings(
         max_bytes=max_bytes,
         retries=retries,
         max_rps=max_rps,
-        concurrency=concurrency,
+        concurrency=config.parse_concurrency(concurrency),
+        max_concurrency=max_concurrency,
+        max_per_host=max_per_host,
         deny_private_networks=deny_private_networks,
     )

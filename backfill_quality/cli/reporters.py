@@ -39,6 +39,7 @@ from backfill_quality.cli.summary import (
     utc_now,
 )
 from backfill_quality.errors import ConfigError
+from backfill_quality.fetching.controller import LevelChange
 from backfill_quality.models import Outcome, RowId, RunSummary
 from backfill_quality.pipeline.checkpoint import Checkpoint
 from backfill_quality.pipeline.progress import Reporter, format_duration
@@ -101,9 +102,14 @@ class PlainReporter:
             "INFO",
             f"progress: {counts.processed}/{counts.total} ({counts.percent():.1f}%), "
             f"{counts.succeeded} succeeded, {counts.failed} failed, {rate:.1f} img/s, "
-            f"elapsed {format_duration(counts.elapsed_s)}, "
+            f"{counts.in_flight_level} in flight, elapsed {format_duration(counts.elapsed_s)}, "
             f"ETA {counts.eta.describe(counts.remaining)}",
         )
+
+    def level_changed(self, change: LevelChange) -> None:
+        self._counts.in_flight_level = change.new
+        if self._verbose:
+            self._emit("INFO", level_line(change))
 
     def info(self, message: str) -> None:
         self._emit("INFO", message)
@@ -192,9 +198,15 @@ class JsonReporter:
             skipped=counts.skipped,
             lastProcessedId=checkpoint.last_processed_id,
             ratePerS=round(counts.eta.rate_per_s or 0.0, 2),
+            inFlight=counts.in_flight_level,
             elapsedS=round(counts.elapsed_s, 3),
             etaS=None if remaining_s is None else round(remaining_s, 1),
         )
+
+    def level_changed(self, change: LevelChange) -> None:
+        self._counts.in_flight_level = change.new
+        if not self._quiet:
+            self._emit("concurrency", level=change.new, previous=change.old, reason=change.reason)
 
     def info(self, message: str) -> None:
         self._emit("info", message=message)
@@ -231,6 +243,7 @@ class RichReporter:
             TaskProgressColumn(),
             TextColumn("[green]✓ {task.fields[succeeded]}[/] [red]✗ {task.fields[failed]}[/]"),
             TextColumn("{task.fields[rate]}"),
+            TextColumn("{task.fields[level]} in flight"),
             TimeElapsedColumn(),
             TextColumn("ETA {task.fields[eta]}"),
             console=self._console,
@@ -252,6 +265,7 @@ class RichReporter:
             succeeded=counts.succeeded,
             failed=counts.failed,
             rate=f"{rate:.1f} img/s" if rate else "",
+            level=counts.in_flight_level,
             eta=counts.eta.describe(counts.remaining),
         )
 
@@ -263,7 +277,13 @@ class RichReporter:
             f" (stops after {limit}: --limit)" if limit is not None else ""
         )
         self._task = self._progress.add_task(
-            label, total=total or None, succeeded=0, failed=0, rate="", eta="unknown"
+            label,
+            total=total or None,
+            succeeded=0,
+            failed=0,
+            rate="",
+            level=self._counts.in_flight_level,
+            eta="unknown",
         )
         self._progress.start()
         if resumed_from is not None:
@@ -280,6 +300,12 @@ class RichReporter:
 
     def page_done(self, checkpoint: Checkpoint) -> None:
         self._counts.page(checkpoint)
+        self._refresh()
+
+    def level_changed(self, change: LevelChange) -> None:
+        self._counts.in_flight_level = change.new
+        if self._verbose:
+            self._say(level_line(change), "dim")
         self._refresh()
 
     def info(self, message: str) -> None:
@@ -309,6 +335,13 @@ class RichReporter:
 
     def close(self) -> None:
         self._progress.stop()
+
+
+def level_line(change: LevelChange) -> str:
+    """'downloads in flight 8 -> 16: scorers waited for images 40% of the time; …'"""
+    if change.old == 0:
+        return f"downloads in flight: {change.new} ({change.reason})"
+    return f"downloads in flight {change.old} -> {change.new}: {change.reason}"
 
 
 def _failed_table(summary: RunSummary) -> Table:

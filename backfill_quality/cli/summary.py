@@ -23,6 +23,7 @@ class Counts:
     def __init__(self) -> None:
         self.total = self.processed = self.succeeded = self.failed = self.skipped = 0
         self.run_rows = 0
+        self.in_flight_level = 0  # downloads allowed in flight (--concurrency), 0: not told yet
         self.started_s = time.monotonic()
         self.eta = EtaEstimator()
 

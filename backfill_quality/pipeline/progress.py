@@ -10,6 +10,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Protocol
 
+from backfill_quality.fetching.controller import LevelChange
 from backfill_quality.models import Outcome, RowId, RunSummary
 from backfill_quality.pipeline.checkpoint import Checkpoint
 
@@ -69,6 +70,9 @@ class Reporter(Protocol):
 
     def row_done(self, outcome: Outcome) -> None: ...
     def page_done(self, checkpoint: Checkpoint) -> None: ...
+    def level_changed(self, change: LevelChange) -> None:
+        """Downloads in flight: the first level (`old` 0), then every move and why."""
+
     def info(self, message: str) -> None: ...
     def warning(self, message: str) -> None: ...
     def error(self, message: str) -> None: ...

@@ -20,7 +20,9 @@ from typing import Any
 from backfill_quality import db
 from backfill_quality.config import RunSettings, available_cpus
 from backfill_quality.errors import BackfillError, DecodeError, FetchError, ModelError
+from backfill_quality.fetching.controller import LevelChange
 from backfill_quality.fetching.fetcher import ImageFetcher
+from backfill_quality.fetching.gate import Slots
 from backfill_quality.models import ImageRow, Outcome, RowId, RunSummary
 from backfill_quality.pipeline.checkpoint import Checkpoint, run_checkpoint_path, save_checkpoint
 from backfill_quality.pipeline.dbsession import DatabaseSession
@@ -34,7 +36,8 @@ from backfill_quality.pipeline.signals import StopSignals
 NOTHING_TO_DO = "No images need quality score backfill"
 WRITE_BATCH_MAX = 50
 SCORING_BACKLOG_PER_WORKER = 4
-"""Downloaded images that may wait for a scoring process, per process, beyond --concurrency."""
+"""Downloaded images that may wait for a scoring process, per process, beyond the downloads in
+flight (the level of --concurrency)."""
 
 
 @dataclass(slots=True)
@@ -56,6 +59,7 @@ class _State:
     pages: deque[_Page] = field(default_factory=deque)
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     is_exhausted: bool = False
+    row_slots: Slots = field(default_factory=lambda: Slots(1))
 
 
 class Runner:
@@ -175,7 +179,11 @@ class Runner:
         results: asyncio.Queue[tuple[Outcome, _Page]] = asyncio.Queue()
         writer = asyncio.create_task(self._write_loop(session, results, state, path))
         try:
-            async with ImageFetcher(s.fetch) as fetcher:
+            fetcher = ImageFetcher(
+                s.fetch, demand=self._pool.waited_s, on_level_change=self._on_level_change
+            )
+            self._on_level_change(LevelChange(0, fetcher.gate.level, self._level_origin()))
+            async with fetcher:
                 self._issuer = asyncio.create_task(
                     self._issue_rows(session, fetcher, results, state, id_range)
                 )
@@ -207,10 +215,7 @@ class Runner:
         id_range: db.IdRange | None,
     ) -> None:
         s = self.settings
-        rows_in_flight = asyncio.Semaphore(
-            s.fetch.concurrency + SCORING_BACKLOG_PER_WORKER * self._pool.workers
-        )
-        fetching = asyncio.Semaphore(s.fetch.concurrency)
+        rows_in_flight = state.row_slots
         left = s.limit
         cursor = state.checkpoint.last_processed_id
         next_read: asyncio.Task[list[ImageRow]] | None = asyncio.create_task(
@@ -240,7 +245,7 @@ class Runner:
                 state.mark.issue(row.id)
                 page.remaining += 1
                 task = asyncio.create_task(
-                    self._process(row, fetcher, (rows_in_flight, fetching), results, page)
+                    self._process(row, fetcher, rows_in_flight, results, page)
                 )
                 state.tasks.add(task)
                 task.add_done_callback(state.tasks.discard)
@@ -269,26 +274,22 @@ class Runner:
         self,
         row: ImageRow,
         fetcher: ImageFetcher,
-        slots: tuple[asyncio.Semaphore, asyncio.Semaphore],
+        rows_in_flight: Slots,
         results: asyncio.Queue[tuple[Outcome, _Page]],
         page: _Page,
     ) -> None:
-        """One row from URL to outcome. `slots`: (rows in flight, of which downloading)."""
-        rows_in_flight, fetching = slots
+        """One row from URL to outcome; gives back its slot of the rows in flight."""
         try:
-            outcome = await self._score_row(row, fetcher, fetching)
+            outcome = await self._score_row(row, fetcher)
         finally:
             rows_in_flight.release()
         if outcome is not None:
             results.put_nowait((outcome, page))
 
-    async def _score_row(
-        self, row: ImageRow, fetcher: ImageFetcher, fetching: asyncio.Semaphore
-    ) -> Outcome | None:
+    async def _score_row(self, row: ImageRow, fetcher: ImageFetcher) -> Outcome | None:
         attempts = 1
         try:
-            async with fetching:
-                fetched = await fetcher.fetch(row.url)
+            fetched = await fetcher.fetch(row.url)
             attempts = fetched.attempts
             score = await self._pool.score(fetched.data)  # retried once if the pool broke
             return Outcome(row, score=score, attempts=attempts)
@@ -363,6 +364,19 @@ class Runner:
         )
         save_checkpoint(path, checkpoint)
         self.reporter.page_done(checkpoint)
+
+    def _level_origin(self) -> str:
+        fetch = self.settings.fetch
+        if fetch.is_adaptive:
+            return f"--concurrency auto starts here (at most {fetch.max_concurrency})"
+        return "fixed by --concurrency"
+
+    def _on_level_change(self, change: LevelChange) -> None:
+        """The downloads in flight moved: so do the rows in flight, and the user is told."""
+        if self._state is not None:
+            backlog = SCORING_BACKLOG_PER_WORKER * self._pool.workers
+            self._state.row_slots.set_limit(change.new + backlog)
+        self.reporter.level_changed(change)
 
     def _fail(self, exc: BaseException) -> None:
         """A fatal error (database gone past its reconnect budget, checkpoint unwritable): stop."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import multiprocessing
+import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -66,6 +67,21 @@ class ScoringPool:
         self._executor: ProcessPoolExecutor | None = None
         self._crashes = 0
         self._is_replacing = True
+        self._outstanding = 0  # images handed to the processes and not yet scored
+        self._waited_s = 0.0
+        self._counted_until_s = time.monotonic()
+
+    def waited_s(self) -> float:
+        """Seconds the scoring processes have waited for images so far, averaged over them
+        (2 processes, one idle for 1 s: 0.5). What `--concurrency auto` grows on."""
+        self._count_idle()
+        return self._waited_s
+
+    def _count_idle(self) -> None:
+        now_s = time.monotonic()
+        idle = max(0, self.workers - self._outstanding)
+        self._waited_s += (now_s - self._counted_until_s) * idle / self.workers
+        self._counted_until_s = now_s
 
     def start(self) -> None:
         """Create the pool (its processes start with the first tasks, e.g. `warm_up`)."""
@@ -110,6 +126,8 @@ class ScoringPool:
         error re-raised. Crash after crash with no success in between is fatal."""
         executor = self._executor
         assert executor is not None, "start() the pool first"
+        self._count_idle()
+        self._outstanding += 1
         try:
             return await asyncio.get_running_loop().run_in_executor(
                 executor,
@@ -129,6 +147,9 @@ class ScoringPool:
                     self._replace()
                     self._on_restart(RESTARTED)
             raise
+        finally:
+            self._count_idle()
+            self._outstanding -= 1
 
     def _replace(self) -> None:
         old = self._executor

@@ -34,6 +34,7 @@ from backfill_quality.config import (
     RunSettings,
 )
 from backfill_quality.errors import ConfigError, DatabaseError
+from backfill_quality.fetching.controller import LevelChange
 from backfill_quality.models import Outcome, RowId, RunSummary
 from backfill_quality.pipeline.checkpoint import Checkpoint
 from backfill_quality.pipeline.progress import Reporter
@@ -114,6 +115,9 @@ class _CycleReporter:
     def page_done(self, checkpoint: Checkpoint) -> None:
         if self.is_active:
             self._inner.page_done(checkpoint)
+
+    def level_changed(self, change: LevelChange) -> None:
+        self._inner.level_changed(change)
 
     def info(self, message: str) -> None:
         if message != NOTHING_TO_DO:
