@@ -28,7 +28,7 @@ class RecordingReporter:
         self.checkpoints: list[int] = []  # rows processed, as told at each page_done
         self.total: int | None = None
 
-    def start(self, *, total: int, resumed_from: object, dry_run: bool) -> None:
+    def start(self, *, total: int, resumed_from: object, dry_run: bool, started_s: float) -> None:
         self.total = total
 
     def row_done(self, outcome: Outcome) -> None:

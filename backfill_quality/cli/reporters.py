@@ -18,12 +18,14 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    ProgressColumn,
+    Task,
     TaskID,
     TaskProgressColumn,
     TextColumn,
-    TimeElapsedColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
 from backfill_quality.cli.summary import (
     MAX_FAILED_SHOWN,
@@ -65,8 +67,10 @@ class PlainReporter:
         self._stream.write(f"{utc_now()} {level:<7} {redact(text)}\n")
         self._stream.flush()
 
-    def start(self, *, total: int, resumed_from: RowId | None, dry_run: bool) -> None:
-        self._counts.total = total
+    def start(
+        self, *, total: int, resumed_from: RowId | None, dry_run: bool, started_s: float
+    ) -> None:
+        self._counts.start(total, started_s)
         if self._quiet:
             return
         resumed = f", resuming after id {resumed_from}" if resumed_from is not None else ""
@@ -155,8 +159,10 @@ class JsonReporter:
         self._stream.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
         self._stream.flush()
 
-    def start(self, *, total: int, resumed_from: RowId | None, dry_run: bool) -> None:
-        self._counts.total = total
+    def start(
+        self, *, total: int, resumed_from: RowId | None, dry_run: bool, started_s: float
+    ) -> None:
+        self._counts.start(total, started_s)
         if not self._quiet:
             self._emit("start", total=total, resumedFrom=resumed_from, dryRun=dry_run)
 
@@ -208,6 +214,25 @@ class JsonReporter:
         self._stream.flush()
 
 
+class RunElapsedColumn(ProgressColumn):
+    """The bar's elapsed time, counted from the run's start (as the summary's `Elapsed`), not
+    from the bar's appearance; frozen at the summary's value once the run has ended."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.started_s: float | None = None
+        self.stopped_at_s: float | None = None
+
+    def render(self, task: Task) -> Text:
+        if self.stopped_at_s is not None:
+            elapsed_s = self.stopped_at_s
+        elif self.started_s is not None:
+            elapsed_s = time.monotonic() - self.started_s
+        else:
+            return Text("")
+        return Text(format_duration(elapsed_s), style="progress.elapsed")
+
+
 class RichReporter:
     """A live bar on a terminal; at the end the 'Progress Summary' block and the failed rows."""
 
@@ -215,6 +240,7 @@ class RichReporter:
         self._console = console if console is not None else Console(stderr=True)
         self._verbose = verbose
         self._counts = Counts()
+        self._elapsed = RunElapsedColumn()
         self._progress = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
@@ -222,7 +248,7 @@ class RichReporter:
             TaskProgressColumn(),
             TextColumn("[green]✓ {task.fields[succeeded]}[/] [red]✗ {task.fields[failed]}[/]"),
             TextColumn("{task.fields[rate]}"),
-            TimeElapsedColumn(),
+            self._elapsed,
             TextColumn("ETA {task.fields[eta]}"),
             console=self._console,
         )
@@ -246,8 +272,11 @@ class RichReporter:
             eta=counts.eta.describe(counts.remaining),
         )
 
-    def start(self, *, total: int, resumed_from: RowId | None, dry_run: bool) -> None:
-        self._counts.total = total
+    def start(
+        self, *, total: int, resumed_from: RowId | None, dry_run: bool, started_s: float
+    ) -> None:
+        self._counts.start(total, started_s)
+        self._elapsed.started_s = started_s
         label = "Dry run" if dry_run else "Scoring"
         self._task = self._progress.add_task(
             label, total=total or None, succeeded=0, failed=0, rate="", eta="unknown"
@@ -279,6 +308,7 @@ class RichReporter:
         self._say(f"error: {message}", "bold red")
 
     def finish(self, summary: RunSummary) -> None:
+        self._elapsed.stopped_at_s = summary.elapsed_s  # the bar's last frame reads as the summary
         self._progress.stop()
         out = self._console
         out.print()

@@ -60,9 +60,15 @@ class EtaEstimator:
 
 
 class Reporter(Protocol):
-    """What the runner tells the user about; implementations decide how it looks."""
+    """What the runner tells the user about; implementations decide how it looks.
 
-    def start(self, *, total: int, resumed_from: RowId | None, dry_run: bool) -> None: ...
+    `start` gets `started_s`, the `time.monotonic()` at which the run started: every elapsed time
+    shown (the live bar, progress lines, the summary's) is counted from it, so they agree.
+    """
+
+    def start(
+        self, *, total: int, resumed_from: RowId | None, dry_run: bool, started_s: float
+    ) -> None: ...
     def row_done(self, outcome: Outcome) -> None: ...
     def page_done(self, checkpoint: Checkpoint) -> None: ...
     def info(self, message: str) -> None: ...

@@ -83,7 +83,7 @@ class Runner:
             on_give_up=self._fail,
             on_restart=reporter.warning,
         )
-        self._started = time.monotonic()
+        self._started = time.monotonic()  # reset when run() starts: the clock of every elapsed
         self._resumed_processed = 0
         self._signals = StopSignals(self._on_signal) if handle_signals else None
         self._main: asyncio.Task[RunSummary] | None = None
@@ -95,6 +95,7 @@ class Runner:
         return asyncio.run(self._run())
 
     async def _run(self) -> RunSummary:
+        self._started = time.monotonic()
         session = DatabaseSession(self.settings.database_url, on_reconnect=self.reporter.warning)
         self._session = session
         self._main = asyncio.current_task()
@@ -120,6 +121,7 @@ class Runner:
                 total=checkpoint.total,
                 resumed_from=checkpoint.last_processed_id,
                 dry_run=self.settings.dry_run,
+                started_s=self._started,
             )
             if checkpoint.processed:  # resumed: the bar starts where the last run stopped
                 self.reporter.page_done(checkpoint)

@@ -93,8 +93,15 @@ class _CycleReporter:
         self._start: dict[str, Any] | None = None
         self.is_active = False
 
-    def start(self, *, total: int, resumed_from: RowId | None, dry_run: bool) -> None:
-        self._start = {"total": total, "resumed_from": resumed_from, "dry_run": dry_run}
+    def start(
+        self, *, total: int, resumed_from: RowId | None, dry_run: bool, started_s: float
+    ) -> None:
+        self._start = {
+            "total": total,
+            "resumed_from": resumed_from,
+            "dry_run": dry_run,
+            "started_s": started_s,
+        }
 
     def _activate(self) -> None:
         if self._start is not None:
