@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 from typing import Annotated
 
@@ -31,8 +30,8 @@ def demo(
         Path | None,
         typer.Option(
             file_okay=False,
-            help="Keep the database and checkpoint here "
-            "(default: a temporary folder, deleted after).",
+            help="Keep the database and checkpoint here (default: a temporary folder, deleted "
+            "at the end, also after Ctrl+C or an error).",
         ),
     ] = None,
     log_format: Annotated[LogFormat, typer.Option(rich_help_panel=o.OUTPUT_PANEL)] = (
@@ -44,14 +43,12 @@ def demo(
     them (and a few broken URLs) served from 127.0.0.1, run the backfill with live progress, then
     show `status`."""
     with error_boundary(verbose=verbose, as_json=log_format is LogFormat.json):
-        from backfill_quality.demo.embedded import embedded_database, fill_demo_table
+        from backfill_quality.demo.embedded import demo_folder, embedded_database, fill_demo_table
         from backfill_quality.demo.imageserver import ImageServer
 
-        keep = workdir is not None
-        folder = workdir or Path(tempfile.mkdtemp(prefix="backfill-quality-demo-"))
-        folder.mkdir(parents=True, exist_ok=True)
         with (
-            embedded_database(folder, keep=keep) as url,
+            demo_folder(workdir) as folder,
+            embedded_database(folder, keep=workdir is not None) as url,
             ImageServer(latency_ms=latency_ms) as server,
         ):
             typer.echo(f"Demo database ready; serving images from {server.base_url}", err=True)
