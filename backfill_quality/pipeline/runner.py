@@ -28,7 +28,7 @@ from backfill_quality.pipeline.lowwater import LowWaterMark
 from backfill_quality.pipeline.progress import EtaEstimator, Reporter
 from backfill_quality.pipeline.resume import RunStart, prepare_run
 from backfill_quality.pipeline.scoringpool import ScoringPool
-from backfill_quality.pipeline.signals import StopSignals
+from backfill_quality.pipeline.signals import StopSignals, stopping_message
 
 NOTHING_TO_DO = "No images need quality score backfill"
 WRITE_BATCH_MAX = 50
@@ -368,10 +368,7 @@ class Runner:
     def _on_signal(self, name: str) -> None:
         self._interrupted = name
         self._pool.stop_replacing()
-        self.reporter.warning(
-            f"{name} received: stopping after saving the checkpoint "
-            "(press Ctrl+C again to exit at once)"
-        )
+        self.reporter.warning(stopping_message(name))
         self._stop()
 
     def _summary_before_start(self) -> RunSummary:
