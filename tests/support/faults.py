@@ -114,7 +114,23 @@ def start_command(
             stderr=stderr,
             start_new_session=True,
         )
-    return BackgroundRun(process, stdout_path, stderr_path)
+    run = BackgroundRun(process, stdout_path, stderr_path)
+    _started_runs.append(run)
+    return run
+
+
+_started_runs: list[BackgroundRun] = []
+
+
+def reap_background_runs() -> int:
+    """Kill and wait for every run started by this test that is still going (a failed
+    assertion may leave one); returns how many. A Popen dropped while its process runs would
+    raise a ResourceWarning later, in whichever test the garbage collector happens to run."""
+    left = [run for run in _started_runs if run.is_running()]  # is_running() reaps the others
+    for run in left:
+        run.kill_session()
+    _started_runs.clear()
+    return len(left)
 
 
 def wait_until(
