@@ -94,6 +94,12 @@ class Runner:
         """Run to the end of the table, to --limit, or to a signal; returns the summary."""
         return asyncio.run(self._run())
 
+    @property
+    def signal_received(self) -> str | None:
+        """'SIGINT' or 'SIGTERM' if one came during the run, also after its last row was saved
+        (the summary then calls the run finished, not interrupted)."""
+        return self._interrupted
+
     async def _run(self) -> RunSummary:
         self._started = time.monotonic()
         session = DatabaseSession(self.settings.database_url, on_reconnect=self.reporter.warning)
@@ -130,11 +136,17 @@ class Runner:
         finally:
             if self._interrupted is not None:
                 session.cancel()  # do not wait for a statement stuck on a lock
-            # closing joins the session's thread: off the loop, so a second signal still works
-            await asyncio.to_thread(session.close)
-            self._pool.shutdown()
-            if self._signals is not None:
-                self._signals.remove()
+            try:
+                # closing joins the session's thread and waits for the scoring processes: off the
+                # loop, so a signal meanwhile is still seen (watch stops; a second one exits)
+                await asyncio.to_thread(self._close, session)
+            finally:
+                if self._signals is not None:
+                    self._signals.remove()
+
+    def _close(self, session: DatabaseSession) -> None:
+        session.close()
+        self._pool.shutdown()
 
     def _prepare(self, conn: Any) -> RunStart:
         """On the database thread: check the target, choose the checkpoint, count the rows."""

@@ -233,6 +233,8 @@ class Watcher:
             runner = Runner(run_settings, reporter, skip_ids=self._held_until.keys())
             summary = runner.run()
             reporter.finish(summary)
+            if self._stop_signal is None:  # a signal after the cycle's last row still stops us
+                self._stop_signal = runner.signal_received
         finally:
             self._is_in_cycle = False
             self._install_handlers()  # the runner's event loop reset them when it ended
