@@ -31,7 +31,13 @@ class RecordingReporter:
         self.levels: list[LevelChange] = []  # the downloads in flight, first one and moves
 
     def start(
-        self, *, total: int, resumed_from: object, dry_run: bool, limit: int | None = None
+        self,
+        *,
+        total: int,
+        resumed_from: object,
+        dry_run: bool,
+        started_s: float,
+        limit: int | None = None,
     ) -> None:
         self.total = total
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 from typing import Annotated
 
@@ -30,8 +29,8 @@ def demo(
         typer.Option(
             file_okay=False,
             metavar="DIR",
-            help="Keep the database and checkpoint here "
-            "(default: a temporary folder, deleted after).",
+            help="Keep the database and checkpoint here (default: a temporary folder, deleted "
+            "at the end, also after Ctrl+C or an error).",
         ),
     ] = None,
     verbose: o.Verbose = False,
@@ -47,16 +46,14 @@ def demo(
     with error_boundary(verbose=verbose, as_json=as_json):
         from backfill_quality.cli.reporters import make_reporter
         from backfill_quality.cli.views import print_status
-        from backfill_quality.demo.embedded import embedded_database, fill_demo_table
+        from backfill_quality.demo.embedded import demo_folder, embedded_database, fill_demo_table
         from backfill_quality.demo.imageserver import ImageServer
         from backfill_quality.pipeline.runner import Runner
         from backfill_quality.pipeline.status import StatusReport, find_checkpoints, table_stats
 
-        keep = workdir is not None
-        folder = workdir or Path(tempfile.mkdtemp(prefix="backfill-quality-demo-"))
-        folder.mkdir(parents=True, exist_ok=True)
         with (
-            embedded_database(folder, keep=keep) as url,
+            demo_folder(workdir) as folder,
+            embedded_database(folder, keep=workdir is not None) as url,
             ImageServer(latency_ms=latency_ms) as server,
         ):
             if not (quiet or as_json):

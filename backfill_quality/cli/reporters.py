@@ -18,12 +18,14 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    ProgressColumn,
+    Task,
     TaskID,
     TaskProgressColumn,
     TextColumn,
-    TimeElapsedColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
 from backfill_quality.cli.summary import (
     MAX_FAILED_SHOWN,
@@ -69,9 +71,15 @@ class PlainReporter:
         self._stream.flush()
 
     def start(
-        self, *, total: int, resumed_from: RowId | None, dry_run: bool, limit: int | None = None
+        self,
+        *,
+        total: int,
+        resumed_from: RowId | None,
+        dry_run: bool,
+        started_s: float,
+        limit: int | None = None,
     ) -> None:
-        self._counts.total = total
+        self._counts.start(total, started_s)
         if self._quiet:
             return
         resumed = f", resuming after id {resumed_from}" if resumed_from is not None else ""
@@ -167,9 +175,15 @@ class JsonReporter:
         self._stream.flush()
 
     def start(
-        self, *, total: int, resumed_from: RowId | None, dry_run: bool, limit: int | None = None
+        self,
+        *,
+        total: int,
+        resumed_from: RowId | None,
+        dry_run: bool,
+        started_s: float,
+        limit: int | None = None,
     ) -> None:
-        self._counts.total = total
+        self._counts.start(total, started_s)
         if not self._quiet:
             fields = {"resumedFrom": resumed_from, "dryRun": dry_run, "limit": limit}
             self._emit("start", total=total, **fields)
@@ -229,6 +243,25 @@ class JsonReporter:
         self._stream.flush()
 
 
+class RunElapsedColumn(ProgressColumn):
+    """The bar's elapsed time, counted from the run's start (as the summary's `Elapsed`), not
+    from the bar's appearance; frozen at the summary's value once the run has ended."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.started_s: float | None = None
+        self.stopped_at_s: float | None = None
+
+    def render(self, task: Task) -> Text:
+        if self.stopped_at_s is not None:
+            elapsed_s = self.stopped_at_s
+        elif self.started_s is not None:
+            elapsed_s = time.monotonic() - self.started_s
+        else:
+            return Text("")
+        return Text(format_duration(elapsed_s), style="progress.elapsed")
+
+
 class RichReporter:
     """A live bar on a terminal; at the end the 'Progress Summary' block and the failed rows."""
 
@@ -236,6 +269,7 @@ class RichReporter:
         self._console = console if console is not None else Console(stderr=True)
         self._verbose = verbose
         self._counts = Counts()
+        self._elapsed = RunElapsedColumn()
         self._progress = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
@@ -244,7 +278,7 @@ class RichReporter:
             TextColumn("[green]✓ {task.fields[succeeded]}[/] [red]✗ {task.fields[failed]}[/]"),
             TextColumn("{task.fields[rate]}"),
             TextColumn("{task.fields[level]} in flight"),
-            TimeElapsedColumn(),
+            self._elapsed,
             TextColumn("ETA {task.fields[eta]}"),
             console=self._console,
         )
@@ -270,9 +304,16 @@ class RichReporter:
         )
 
     def start(
-        self, *, total: int, resumed_from: RowId | None, dry_run: bool, limit: int | None = None
+        self,
+        *,
+        total: int,
+        resumed_from: RowId | None,
+        dry_run: bool,
+        started_s: float,
+        limit: int | None = None,
     ) -> None:
-        self._counts.total = total
+        self._counts.start(total, started_s)
+        self._elapsed.started_s = started_s
         label = ("Dry run" if dry_run else "Scoring") + (
             f" (stops after {limit}: --limit)" if limit is not None else ""
         )
@@ -318,6 +359,7 @@ class RichReporter:
         self._say(f"error: {message}", "bold red")
 
     def finish(self, summary: RunSummary) -> None:
+        self._elapsed.stopped_at_s = summary.elapsed_s  # the bar's last frame reads as the summary
         self._progress.stop()
         out = self._console
         out.print()

@@ -27,6 +27,11 @@ class Counts:
         self.started_s = time.monotonic()
         self.eta = EtaEstimator()
 
+    def start(self, total: int, started_s: float) -> None:
+        """The run starts: its rows to do, and the moment every elapsed time is counted from."""
+        self.total = total
+        self.started_s = started_s
+
     def row(self, outcome: Outcome) -> None:
         self.run_rows += 1
         self.processed += 1

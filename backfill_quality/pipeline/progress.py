@@ -61,10 +61,20 @@ class EtaEstimator:
 
 
 class Reporter(Protocol):
-    """What the runner tells the user about; implementations decide how it looks."""
+    """What the runner tells the user about; implementations decide how it looks.
+
+    `start` gets `started_s`, the `time.monotonic()` at which the run started: every elapsed time
+    shown (the live bar, progress lines, the summary's) is counted from it, so they agree.
+    """
 
     def start(
-        self, *, total: int, resumed_from: RowId | None, dry_run: bool, limit: int | None = None
+        self,
+        *,
+        total: int,
+        resumed_from: RowId | None,
+        dry_run: bool,
+        started_s: float,
+        limit: int | None = None,
     ) -> None:
         """`total`: every row left (with those done before a resume); `limit`: --limit."""
 

@@ -31,7 +31,7 @@ from backfill_quality.pipeline.progress import EtaEstimator, Reporter
 from backfill_quality.pipeline.resume import RunStart, prepare_run
 from backfill_quality.pipeline.runlock import TargetLock, holder_name
 from backfill_quality.pipeline.scoringpool import ScoringPool
-from backfill_quality.pipeline.signals import StopSignals
+from backfill_quality.pipeline.signals import StopSignals, stopping_message
 
 NOTHING_TO_DO = "No images need quality score backfill"
 WRITE_BATCH_MAX = 50
@@ -94,7 +94,7 @@ class Runner:
             on_give_up=self._fail,
             on_restart=reporter.warning,
         )
-        self._started = time.monotonic()
+        self._started = time.monotonic()  # reset when run() starts: the clock of every elapsed
         self._resumed_processed = 0
         self._signals = StopSignals(self._on_signal) if handle_signals else None
         self._main: asyncio.Task[RunSummary] | None = None
@@ -105,7 +105,14 @@ class Runner:
         """Run to the end of the table, to --limit, or to a signal; returns the summary."""
         return asyncio.run(self._run())
 
+    @property
+    def signal_received(self) -> str | None:
+        """'SIGINT' or 'SIGTERM' if one came during the run, also after its last row was saved
+        (the summary then calls the run finished, not interrupted)."""
+        return self._interrupted
+
     async def _run(self) -> RunSummary:
+        self._started = time.monotonic()
         lock = self._lock
         session = DatabaseSession(
             self.settings.database_url,
@@ -140,6 +147,7 @@ class Runner:
                 resumed_from=checkpoint.last_processed_id,
                 dry_run=self.settings.dry_run,
                 limit=self.settings.limit,
+                started_s=self._started,
             )
             if checkpoint.processed:  # resumed: the bar starts where the last run stopped
                 self.reporter.page_done(checkpoint)
@@ -148,11 +156,17 @@ class Runner:
         finally:
             if self._interrupted is not None:
                 session.cancel()  # do not wait for a statement stuck on a lock
-            # closing joins the session's thread: off the loop, so a second signal still works
-            await asyncio.to_thread(session.close)
-            self._pool.shutdown()
-            if self._signals is not None:
-                self._signals.remove()
+            try:
+                # closing joins the session's thread and waits for the scoring processes: off the
+                # loop, so a signal meanwhile is still seen (watch stops; a second one exits)
+                await asyncio.to_thread(self._close, session)
+            finally:
+                if self._signals is not None:
+                    self._signals.remove()
+
+    def _close(self, session: DatabaseSession) -> None:
+        session.close()
+        self._pool.shutdown()
 
     def _prepare(self, conn: Any) -> RunStart:
         """On the database thread: check the target, choose the checkpoint, count the rows."""
@@ -400,10 +414,7 @@ class Runner:
     def _on_signal(self, name: str) -> None:
         self._interrupted = name
         self._pool.stop_replacing()
-        self.reporter.warning(
-            f"{name} received: stopping after saving the checkpoint "
-            "(press Ctrl+C again to exit at once)"
-        )
+        self.reporter.warning(stopping_message(name))
         self._stop()
 
     def _summary_before_start(self) -> RunSummary:

@@ -98,9 +98,21 @@ class _CycleReporter:
         self.is_active = False
 
     def start(
-        self, *, total: int, resumed_from: RowId | None, dry_run: bool, limit: int | None = None
+        self,
+        *,
+        total: int,
+        resumed_from: RowId | None,
+        dry_run: bool,
+        started_s: float,
+        limit: int | None = None,
     ) -> None:
-        self._start = {"total": total, "resumed_from": resumed_from, "dry_run": dry_run}
+        self._start = {
+            "total": total,
+            "resumed_from": resumed_from,
+            "dry_run": dry_run,
+            "started_s": started_s,
+            "limit": limit,
+        }
 
     def _activate(self) -> None:
         if self._start is not None:
@@ -240,6 +252,8 @@ class Watcher:
             )
             summary = runner.run()
             reporter.finish(summary)
+            if self._stop_signal is None:  # a signal after the cycle's last row still stops us
+                self._stop_signal = runner.signal_received
         finally:
             self._is_in_cycle = False
             self._install_handlers()  # the runner's event loop reset them when it ended
