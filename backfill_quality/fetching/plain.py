@@ -15,10 +15,9 @@ from __future__ import annotations
 
 import re
 import zlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any
 
-import h11
 import httpx
 
 from backfill_quality.fetching.exchange import Outgoing
@@ -55,11 +54,17 @@ class PlainResponse:
 
     __slots__ = ("_stream", "headers", "reason_phrase", "status_code")
 
-    def __init__(self, head: h11.Response, stream: LeanStream) -> None:
-        self.status_code: int = head.status_code
-        self.reason_phrase = head.reason.decode("ascii", errors="ignore")
+    def __init__(
+        self,
+        status_code: int,
+        reason: bytes,
+        raw_headers: Iterable[tuple[bytes, bytes]],
+        stream: LeanStream,
+    ) -> None:
+        self.status_code = status_code
+        self.reason_phrase = reason.decode("ascii", errors="ignore")
         headers: dict[str, str] = {}
-        for raw_name, raw_value in head.headers:  # h11 gives the names in lower case
+        for raw_name, raw_value in raw_headers:  # h11 gives the names in lower case
             name, value = raw_name.decode("ascii"), _text(raw_value)
             headers[name] = f"{headers[name]}, {value}" if name in headers else value
         self.headers = headers
@@ -93,7 +98,7 @@ async def send_get(
     key, host_header, path = target
     out = Outgoing("GET", path, [(b"Host", host_header), *headers])
     head, stream = await transport.exchange(key, out, timeouts)
-    return PlainResponse(head, stream)
+    return PlainResponse(head.status_code, head.reason, head.headers, stream)
 
 
 def _text(value: bytes) -> str:
