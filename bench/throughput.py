@@ -6,6 +6,7 @@
     python bench/throughput.py --run-args="--concurrency 32" --repeat 2
     python bench/throughput.py --profile bench/out/run.prof   # CPU profile of the run (main thread)
     python bench/throughput.py --detector learned,heuristic  # both detector modes, one run each
+    python bench/throughput.py --latency-ms 100,1000 --rows 4000  # issue 15's ratios, one run
 
 One run: the demo's real photos (backfill_quality/demo/photos) resized to the plan's sizes
 (cached in bench/out/images; a trained detector does not take drawn shapes for birds), serve them
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 import json
 import os
 import shlex
@@ -89,6 +91,9 @@ TAIL_ROWS = 100
 TARGET_RATIO, AIM_RATIO = 0.60, 0.80
 MAIN_CPU_TARGET_MS = 2.0
 """Issue 15: CPU per image outside the scoring processes (main process and its helpers)."""
+SLOW_VS_FAST_TARGET, SLOW_VS_SCORE_TARGET, FAST_VS_SCORE_TARGET = 0.75, 0.70, 0.80
+"""Issue 15, with --latency-ms 100,1000: the rate at 1000 ms vs at 100 ms, and each vs the
+decode+score rate."""
 
 
 # --- images ------------------------------------------------------------------------------------
@@ -243,6 +248,40 @@ def count_unscored(database_url: str) -> int:
 # --- the end-to-end run ------------------------------------------------------------------------
 
 
+RUN_OUTPUT = ("--log-format", "json")
+"""One JSON object per page and per move of the concurrency level: the levels the run chose."""
+
+
+def concurrency_levels(output: str, wall_s: float) -> dict[str, Any]:
+    """The levels `--concurrency auto` chose, from the run's JSON log: the peak, the last, the
+    mean over the run's pages (weighted by time) and how many moves up and down."""
+    levels: list[tuple[float, int]] = []  # (elapsed s, level) per page event
+    moves = {"up": 0, "down": 0}
+    peak = last = 0
+    for line in output.splitlines():
+        if not line.startswith("{"):
+            continue
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if event.get("event") == "concurrency":
+            level = int(event["level"])
+            moves["up" if level > int(event["previous"]) else "down"] += 1
+            peak, last = max(peak, level), level
+        elif event.get("event") == "page":
+            levels.append((float(event["elapsedS"]), int(event["inFlight"])))
+    weighted = sum((t1 - t0) * level for (t0, level), (t1, _) in itertools.pairwise(levels))
+    span_s = levels[-1][0] - levels[0][0] if len(levels) > 1 else 0.0
+    return {
+        "peak": peak,
+        "last": last,
+        "mean_over_pages": weighted / span_s if span_s > 0 else float(last),
+        "moves": moves,
+        "wall_s": wall_s,
+    }
+
+
 def run_end_to_end(
     database_url: str,
     workdir: Path,
@@ -254,9 +293,9 @@ def run_end_to_end(
     """`backfill-quality run --quiet` in a subprocess, with its memory and everyone's CPU."""
     if profile_path is not None:
         profiler = [sys.executable, str(BENCH_DIR / "cpuprofile.py"), str(profile_path)]
-        command = [*profiler, "run", "--quiet", *run_args]
+        command = [*profiler, "run", *RUN_OUTPUT, *run_args]
     else:
-        command = cli("run", "--quiet", *run_args)
+        command = cli("run", *RUN_OUTPUT, *run_args)
     env = {**os.environ, "DATABASE_URL": database_url}
     workdir.mkdir(parents=True, exist_ok=True)
     children0, me0 = os.times(), psutil.Process().cpu_times()
@@ -299,6 +338,7 @@ def run_end_to_end(
         "command": shlex.join(["backfill-quality", *command[command.index("run") :]]),
         "exit_code": process.returncode,
         "output_tail": output.strip().splitlines()[-8:],
+        "levels": concurrency_levels(output, wall_s),
         "wall_s": wall_s,
         "peak_rss_mb": sample.peak_rss_bytes / MB,
         "peak_pss_mb": sample.peak_pss_bytes / MB,
@@ -317,6 +357,7 @@ def run_trial(
     postmaster: psutil.Process,
     trial: int,
     detector: str,
+    latency_ms: float,
 ) -> dict[str, Any]:
     """A fresh table of `rows` rows: score-only, page query, the run, page query, score-only."""
     workers = os.cpu_count() or 1
@@ -327,6 +368,7 @@ def run_trial(
         fill_table(database_url, [urls[i % len(urls)] for i in range(rows)])
         score_before = measure_score_only(images, args.score_passes, workers, detector)
         page_start = time_page_query(database_url, None)
+        server.latency_s = latency_ms / 1000.0
         server_tid = next(t.native_id for t in _threads() if t.name == "image-server")
         profile = Path(f"{args.profile}.{trial}") if args.profile and trial > 0 else args.profile
         run = run_end_to_end(
@@ -352,6 +394,7 @@ def run_trial(
     return {
         "rows": rows,
         "detector": detector,
+        "latency_ms": latency_ms,
         "end_to_end_rate_per_s": end_to_end_rate,
         "score_only_rate_per_s": score_rate,
         "ratio": end_to_end_rate / score_rate,
@@ -398,9 +441,10 @@ def format_trial(t: dict[str, Any]) -> list[str]:
         f"{tid}:{1000 * s / rows:.2f}" for tid, s in cpu["run_main_threads"].items() if s > 0.05
     )
     pages = t["page_query"]
+    levels = run["levels"]
     lines = [
-        f"rows {rows}, detector {t['detector']}: {run['command']}  (exit {run['exit_code']}, "
-        f"{run['unscored_after']} left unscored)",
+        f"rows {rows}, detector {t['detector']}, {t['latency_ms']:g} ms latency: {run['command']}"
+        f"  (exit {run['exit_code']}, {run['unscored_after']} left unscored)",
         f"  end to end      {t['end_to_end_rate_per_s']:7.1f} img/s  ({run['wall_s']:.2f} s wall)",
         f"  decode+score    {t['score_only_rate_per_s']:7.1f} img/s  (before "
         f"{before['rate_per_s']:.1f}, after {after['rate_per_s']:.1f};"
@@ -416,6 +460,9 @@ def format_trial(t: dict[str, Any]) -> list[str]:
         + ", ".join(f"{k} {v:.2f}" for k, v in per_image.items())
         + f"  [machine busy {100 * cpu['machine_busy'] / cpu['machine_capacity']:.0f}%]",
         f"  main threads    ms/img by tid: {threads}",
+        f"  in flight       peak {levels['peak']}, last {levels['last']}, mean over the run "
+        f"{levels['mean_over_pages']:.1f}, moves {levels['moves']['up']} up / "
+        f"{levels['moves']['down']} down",
     ]
     for label, key in (
         ("start", "start"),
@@ -430,6 +477,40 @@ def format_trial(t: dict[str, Any]) -> list[str]:
         )
     if run["exit_code"] != 0:
         lines.extend("  | " + line for line in run["output_tail"])
+    return lines
+
+
+def latency_comparison(trials: Sequence[dict[str, Any]]) -> list[str]:
+    """Issue 15's ratios for each (detector, rows) run at both the lowest and highest latency:
+    slow vs fast end to end, and each vs the decode+score rate of the same images."""
+    lines: list[str] = []
+    groups: dict[tuple[str, int], dict[float, list[dict[str, Any]]]] = {}
+    for t in trials:
+        groups.setdefault((t["detector"], t["rows"]), {}).setdefault(t["latency_ms"], []).append(t)
+    for (detector, rows), by_latency in groups.items():
+        if len(by_latency) < 2:
+            continue
+        fast_ms, slow_ms = min(by_latency), max(by_latency)
+        fast, slow = by_latency[fast_ms], by_latency[slow_ms]
+        fast_rate = statistics.mean(t["end_to_end_rate_per_s"] for t in fast)
+        slow_rate = statistics.mean(t["end_to_end_rate_per_s"] for t in slow)
+        fast_ratio = statistics.mean(t["ratio"] for t in fast)
+        slow_ratio = statistics.mean(t["ratio"] for t in slow)
+        score_rate = statistics.mean(t["score_only_rate_per_s"] for t in [*fast, *slow])
+        checks = (
+            (f"{slow_ms:g} ms vs {fast_ms:g} ms", slow_rate / fast_rate, SLOW_VS_FAST_TARGET),
+            (f"{slow_ms:g} ms vs decode+score", slow_ratio, SLOW_VS_SCORE_TARGET),
+            (f"{fast_ms:g} ms vs decode+score", fast_ratio, FAST_VS_SCORE_TARGET),
+        )
+        lines.append(
+            f"latency {fast_ms:g} vs {slow_ms:g} ms, detector {detector}, {rows} rows: end to end "
+            f"{fast_rate:.1f} vs {slow_rate:.1f} img/s, decode+score {score_rate:.1f} img/s"
+        )
+        lines.extend(
+            f"  {label:<28} {value:5.2f}  target >= {target:.2f}: "
+            + ("OK" if value >= target else f"MISSED by {target - value:.2f}")
+            for label, value, target in checks
+        )
     return lines
 
 
@@ -471,7 +552,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rows", default="2000", help="rows per trial; a list compares memory")
     parser.add_argument("--size", type=parse_size, help="one image size WxH (default: a mix)")
     parser.add_argument("--distinct", type=int, default=40, help="distinct images")
-    parser.add_argument("--latency-ms", type=float, default=100.0)
+    parser.add_argument(
+        "--latency-ms",
+        default="100",
+        help="added latency per image; a list (100,1000) runs each and prints issue 15's ratios",
+    )
     parser.add_argument("--score-passes", type=int, default=3, help="score-only: set x passes")
     parser.add_argument("--repeat", type=int, default=1, help="trials per row count")
     parser.add_argument(
@@ -495,30 +580,45 @@ def main(argv: Sequence[str] | None = None) -> int:
     sizes = f"{args.size[0]}x{args.size[1]}" if args.size else "mix 800x600..4000x3000"
     print(
         f"# {len(images)} distinct JPEGs ({sizes}, mean {mean_kb:.0f} KB), "
-        f"{args.latency_ms:g} ms latency, {os.cpu_count()} CPUs, "
+        f"{args.latency_ms} ms latency, {os.cpu_count()} CPUs, "
         f"load average {os.getloadavg()[0]:.2f}",
         flush=True,
     )
     admin_url, postmaster = start_postgres(OUT_DIR / "pg")
     trials: list[dict[str, Any]] = []
-    with ImageServer(latency_ms=args.latency_ms) as server:
+    latencies_ms = [float(ms) for ms in args.latency_ms.split(",")]
+    with ImageServer() as server:
         for i, data in enumerate(images):
             server.add(f"/img/{i}.jpg", data)
         row_counts = [int(r) for r in args.rows.split(",")]
         for detector in args.detector.split(","):
             for rows in row_counts:
-                for _ in range(args.repeat):
-                    trial = run_trial(
-                        args, rows, images, server, admin_url, postmaster, len(trials), detector
-                    )
-                    trials.append(trial)
-                    print("\n".join(format_trial(trial)), flush=True)
+                for latency_ms in latencies_ms:
+                    for _ in range(args.repeat):
+                        trial = run_trial(
+                            args,
+                            rows,
+                            images,
+                            server,
+                            admin_url,
+                            postmaster,
+                            len(trials),
+                            detector,
+                            latency_ms,
+                        )
+                        trials.append(trial)
+                        print("\n".join(format_trial(trial)), flush=True)
     comparison = memory_comparison(trials)
     if comparison:
         print(comparison)
+    latency_lines = latency_comparison(trials)
+    if latency_lines:
+        print("\n".join(latency_lines))
+    print(f"# load average at the end {os.getloadavg()[0]:.2f}")
     report = {
         "images": {"distinct": len(images), "sizes": sizes, "mean_kb": mean_kb},
-        "latency_ms": args.latency_ms,
+        "latency_ms": latencies_ms,
+        "latency_comparison": latency_lines,
         "cpus": os.cpu_count(),
         "code_version": code_version(),
         "trials": trials,

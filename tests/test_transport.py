@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 import time
+import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -43,6 +45,7 @@ class CountingServer:
     /img (1000 bytes) · /slow (100 ms, then /img) · /big (2 MB, written as the client reads) ·
     /stall (head and 10 of 100 bytes, then nothing) · /truncated (10 of 100 bytes, then close) ·
     /garbage (not HTTP) · /close (`Connection: close`) · /chunked (3 chunks) · /echo (what it got)
+    · /gzip, /deflate, /raw-deflate (/img's body with that Content-Encoding)
     """
 
     drops_second_request: bool = False  # close a kept-alive connection instead of answering
@@ -135,6 +138,9 @@ async def _respond(seen: Seen, reader: asyncio.StreamReader, writer: asyncio.Str
     elif path == "/echo":
         echo = f"{seen.method} {seen.target} host={seen.headers['host']} {len(seen.body)}"
         writer.write(_head(200, len(echo)) + echo.encode())
+    elif path in _ENCODED:
+        encoding, data = _ENCODED[path]
+        writer.write(_head(200, len(data), f"Content-Encoding: {encoding}\r\n") + data)
     elif path == "/close":
         writer.write(_head(200, len(BODY), "Connection: close\r\n") + BODY)
     elif path == "/chunked":
@@ -157,6 +163,18 @@ async def _respond(seen: Seen, reader: asyncio.StreamReader, writer: asyncio.Str
         return False
     await writer.drain()
     return path != "/close"
+
+
+def _raw_deflate(data: bytes) -> bytes:
+    compressor = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+    return compressor.compress(data) + compressor.flush()
+
+
+_ENCODED = {
+    "/gzip": ("gzip", gzip.compress(BODY)),
+    "/deflate": ("deflate", zlib.compress(BODY)),
+    "/raw-deflate": ("deflate", _raw_deflate(BODY)),
+}
 
 
 def _head(status: int, length: int, extra: str = "") -> bytes:
@@ -392,3 +410,65 @@ def test_the_fetcher_runs_on_the_lean_transport() -> None:
             assert server.requests[0].headers["user-agent"].startswith("backfill-quality/")
 
     asyncio.run(main())
+
+
+# -- ImageFetcher's plain path: no httpx Request or Response for a plain URL -------------------
+
+
+def _fetch_all(
+    monkeypatch: pytest.MonkeyPatch, paths: list[str]
+) -> tuple[CountingServer, list[bytes], int]:
+    """Fetch `paths` with one ImageFetcher; the server, the bodies and how many requests went
+    through httpx.AsyncClient.send (counted, then sent on unchanged)."""
+    through_httpx = 0
+    send = httpx.AsyncClient.send
+
+    async def counting_send(
+        client: httpx.AsyncClient, request: httpx.Request, **kwargs: bool
+    ) -> httpx.Response:
+        nonlocal through_httpx
+        through_httpx += 1
+        return await send(client, request, **kwargs)
+
+    monkeypatch.setattr(httpx.AsyncClient, "send", counting_send)
+    bodies: list[bytes] = []
+
+    async def main() -> CountingServer:
+        async with CountingServer() as server, ImageFetcher(FetchSettings()) as fetcher:
+            for path in paths:
+                bodies.append((await fetcher.fetch(server.url(path))).data)
+            return server
+
+    return asyncio.run(main()), bodies, through_httpx
+
+
+def test_a_plain_url_is_fetched_without_httpx_objects(monkeypatch: pytest.MonkeyPatch) -> None:
+    server, bodies, through_httpx = _fetch_all(monkeypatch, ["/img", "/img?size=2&x=a%20b"])
+    assert bodies == [BODY, BODY]
+    assert [seen.target for seen in server.requests] == ["/img", "/img?size=2&x=a%20b"]
+    assert through_httpx == 0
+    assert server.connections == 1  # kept alive across both
+
+
+def test_other_urls_go_through_httpx_and_both_paths_send_the_same_head(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # a dot segment and a fragment: httpx rewrites them, so they take the httpx path
+    server, bodies, through_httpx = _fetch_all(monkeypatch, ["/echo?a=1", "/x/../echo?a=1#top"])
+    plain, via_httpx = server.requests
+    assert through_httpx == 1
+    assert (plain.target, via_httpx.target) == ("/echo?a=1", "/echo?a=1")
+    assert list(plain.headers.items()) == list(via_httpx.headers.items())
+    assert next(iter(plain.headers)) == "host"
+    assert plain.headers["host"] == f"127.0.0.1:{server.port}"
+    assert plain.headers["accept-encoding"] == "gzip, deflate"
+    assert bodies[0] == bodies[1]
+
+
+@pytest.mark.parametrize("path", ["/gzip", "/deflate", "/raw-deflate"])
+def test_the_plain_path_decodes_content_encoding_as_httpx_does(
+    monkeypatch: pytest.MonkeyPatch, path: str
+) -> None:
+    _, bodies, through_httpx = _fetch_all(monkeypatch, [path, f"/x/..{path}"])
+    assert bodies == [BODY, BODY]
+    assert through_httpx == 1

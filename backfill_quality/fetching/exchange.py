@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterable
+from dataclasses import dataclass
 from typing import Any
 
 import h11
@@ -44,6 +46,22 @@ class Connection:
         self.writer.transport.abort()
 
 
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """What one exchange sends; `request` (when an httpx.Request is behind it) goes into errors."""
+
+    method: str
+    target: bytes
+    headers: list[tuple[bytes, bytes]]
+    body: AsyncIterable[bytes] | None = None
+    request: httpx.Request | None = None
+
+    @property
+    def is_resendable(self) -> bool:
+        """An idempotent request without a body may be sent again on a fresh connection."""
+        return self.method in _IDEMPOTENT_METHODS and self.body is None
+
+
 class StaleConnection(Exception):
     """A reused connection died before the server sent a byte; `error` if we cannot resend."""
 
@@ -53,11 +71,12 @@ class StaleConnection(Exception):
 
 
 async def send_and_read_head(
-    conn: Connection, request: httpx.Request, timeouts: dict[str, Any]
+    conn: Connection, out: Outgoing, timeouts: dict[str, Any]
 ) -> h11.Response:
     """Write the request (head and body), then read up to the final response head."""
+    request = out.request
     try:
-        await send_request(conn, request, timeouts.get("write"))
+        await send_request(conn, out, timeouts.get("write"))
         while True:
             event = next_event(conn, request)
             if event is h11.NEED_DATA:
@@ -73,32 +92,23 @@ async def send_and_read_head(
                 message = f"unexpected {getattr(event, '__name__', type(event).__name__)}"
                 raise httpx.RemoteProtocolError(message, request=request)
     except (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError) as exc:
-        if (
-            conn.is_reused
-            and not conn.received_bytes
-            and request.method in _IDEMPOTENT_METHODS
-            and "content-length" not in request.headers
-            and "transfer-encoding" not in request.headers
-        ):
+        if conn.is_reused and not conn.received_bytes and out.is_resendable:
             raise StaleConnection(exc) from exc
         raise
 
 
-async def send_request(conn: Connection, request: httpx.Request, timeout_s: float | None) -> None:
+async def send_request(conn: Connection, out: Outgoing, timeout_s: float | None) -> None:
     state = conn.h11
     conn.received_bytes = 0
+    request = out.request
     try:
-        head = state.send(
-            h11.Request(
-                method=request.method, target=request.url.raw_path, headers=request.headers.raw
-            )
-        )
+        head = state.send(h11.Request(method=out.method, target=out.target, headers=out.headers))
     except h11.LocalProtocolError as exc:
         raise httpx.LocalProtocolError(str(exc), request=request) from exc
     writer = conn.writer
     writer.write(head or b"")
-    if isinstance(request.stream, httpx.AsyncByteStream):
-        async for part in request.stream:
+    if out.body is not None:
+        async for part in out.body:
             writer.write(state.send(h11.Data(data=part)) or b"")
             await drain(writer, timeout_s, request)
     writer.write(state.send(h11.EndOfMessage()) or b"")
@@ -106,7 +116,7 @@ async def send_request(conn: Connection, request: httpx.Request, timeout_s: floa
 
 
 async def drain(
-    writer: asyncio.StreamWriter, timeout_s: float | None, request: httpx.Request
+    writer: asyncio.StreamWriter, timeout_s: float | None, request: httpx.Request | None
 ) -> None:
     if not writer.transport.get_write_buffer_size():
         return  # all written to the socket already: nothing to wait for
@@ -120,7 +130,7 @@ async def drain(
         raise httpx.WriteError(str(exc) or type(exc).__name__, request=request) from exc
 
 
-async def receive(conn: Connection, timeout_s: float | None, request: httpx.Request) -> int:
+async def receive(conn: Connection, timeout_s: float | None, request: httpx.Request | None) -> int:
     """Read what the server sent next into h11; how many bytes (0 at EOF)."""
     try:
         if timeout_s is None:
@@ -138,7 +148,7 @@ async def receive(conn: Connection, timeout_s: float | None, request: httpx.Requ
     return len(data)
 
 
-def next_event(conn: Connection, request: httpx.Request) -> Any:
+def next_event(conn: Connection, request: httpx.Request | None) -> Any:
     try:
         return conn.h11.next_event()
     except h11.RemoteProtocolError as exc:

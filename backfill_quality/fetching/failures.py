@@ -53,14 +53,13 @@ class AttemptError(Exception):
         )
 
 
-def status_error(response: httpx.Response) -> AttemptError:
-    status = response.status_code
-    reason = response.reason_phrase or _standard_reason(status)
+def status_error(status: int, reason_phrase: str, retry_after: str | None) -> AttemptError:
+    """An attempt answered with a non-2xx `status` (its reason and Retry-After header)."""
+    reason = reason_phrase or _standard_reason(status)
     if status in REDIRECT_STATUSES:
         return AttemptError(f"HTTP {status} {reason} without a Location header", retryable=False)
     is_retryable = status in (408, 429) or 500 <= status <= 599
-    header = response.headers.get("retry-after")
-    retry_after_s = parse_retry_after(header) if header and is_retryable else None
+    retry_after_s = parse_retry_after(retry_after) if retry_after and is_retryable else None
     return AttemptError(
         f"HTTP {status} {reason}",
         retryable=is_retryable,

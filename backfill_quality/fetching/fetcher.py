@@ -24,9 +24,11 @@ import asyncio
 import random
 import time
 import urllib.request
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
+from typing import Protocol
+from urllib.parse import urljoin
 
 import httpx
 
@@ -40,6 +42,7 @@ from backfill_quality.fetching.failures import (
     translate_httpx_error,
 )
 from backfill_quality.fetching.gate import DemandProbe, FetchGate, host_of
+from backfill_quality.fetching.plain import plain_target, send_get
 from backfill_quality.fetching.transport import LeanTransport
 from backfill_quality.fetching.urls import (
     ensure_public_host,
@@ -47,6 +50,11 @@ from backfill_quality.fetching.urls import (
 )
 
 USER_AGENT = "backfill-quality/0.1 (+image quality backfill)"
+REQUEST_HEADERS = {
+    "User-Agent": USER_AGENT,
+    "Accept": "image/*, */*;q=0.5",
+    "Accept-Encoding": "gzip, deflate",  # what both paths decode (plain.py, httpx)
+}
 KEEPALIVE_EXPIRY_S = 30.0  # idle connections are closed after this
 DOWNLOAD_DEADLINE_FACTOR = 4  # a whole attempt may take at most 4 x timeout_s
 
@@ -96,6 +104,23 @@ class RateLimiter:
             await asyncio.sleep(slot_s - now_s)
 
 
+class _Answer(Protocol):
+    """What the fetcher reads of a response: httpx.Response and plain.PlainResponse both are."""
+
+    @property
+    def status_code(self) -> int: ...
+
+    @property
+    def reason_phrase(self) -> str: ...
+
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+
+    def aiter_bytes(self) -> AsyncIterator[bytes]: ...
+
+    async def aclose(self) -> None: ...
+
+
 class _Deadline:
     """The time limit of one download attempt, which waiting for a --max-rps slot does not use:
     with more downloads in flight than the rate allows per deadline, the wait would otherwise
@@ -131,12 +156,20 @@ class ImageFetcher:
         self.gate = FetchGate(settings, demand=demand, on_change=on_level_change)
         self._transport = transport
         self._client: httpx.AsyncClient | None = None
+        self._lean: LeanTransport | None = None
+        self._lean_headers: list[tuple[bytes, bytes]] = []
         self._limiter = RateLimiter(settings.max_rps) if settings.max_rps else None
-        self._extensions = {"timeout": request_timeout(settings).as_dict()}
+        self._timeouts = request_timeout(settings).as_dict()
+        self._extensions = {"timeout": self._timeouts}
         self._rng = random.Random()
 
     async def __aenter__(self) -> ImageFetcher:
-        self._client = build_client(self.settings, transport=self._transport)
+        transport = self._transport
+        if transport is None and not proxy_configured():
+            # ours: plain URLs skip the httpx client (plain.py), the others share its pool
+            transport = self._lean = lean_transport(self.settings)
+        self._client = build_client(self.settings, transport=transport)
+        self._lean_headers = list(self._client.headers.raw)
         return self
 
     async def __aexit__(
@@ -200,19 +233,14 @@ class ImageFetcher:
                 await deadline.paused(self._limiter.acquire())
             sent_s = time.monotonic()
             try:
-                # built here, not by client.stream(): its URL merging and query-parameter
-                # copy parse every URL three times (0.1 ms of the event loop per image)
-                request = httpx.Request(
-                    "GET", current, headers=client.headers, extensions=self._extensions
-                )
-                response = await client.send(request, stream=True)
+                response = await self._send(client, current)
                 try:
                     head_s = time.monotonic() - sent_s
                     location = response.headers.get("location")
                     if response.status_code in REDIRECT_STATUSES and location:
-                        current = str(response.url.join(location))
+                        current = urljoin(current, location)
                         continue
-                    return await self._read_body(response), str(response.url), head_s
+                    return await self._read_body(response), current, head_s
                 finally:
                     await response.aclose()
             except httpx.HTTPError as exc:
@@ -221,9 +249,20 @@ class ImageFetcher:
             f"redirect loop / too many redirects ({self.settings.max_redirects})", retryable=False
         )
 
-    async def _read_body(self, response: httpx.Response) -> bytes:
+    async def _send(self, client: httpx.AsyncClient, url: str) -> _Answer:
+        """GET `url`, the body still to read: on our transport without httpx objects when the
+        URL is plain (plain.py), else through the httpx client."""
+        if self._lean is not None and (target := plain_target(url)) is not None:
+            return await send_get(self._lean, target, self._lean_headers, self._timeouts)
+        # built here, not by client.stream(): its URL merging and query-parameter copy parse
+        # every URL three times (0.1 ms of the event loop per image)
+        request = httpx.Request("GET", url, headers=client.headers, extensions=self._extensions)
+        return await client.send(request, stream=True)
+
+    async def _read_body(self, response: _Answer) -> bytes:
         if not 200 <= response.status_code < 300:
-            raise status_error(response)
+            retry_after = response.headers.get("retry-after")
+            raise status_error(response.status_code, response.reason_phrase, retry_after)
         max_bytes = self.settings.max_bytes
         limit = f"body larger than {format_bytes(max_bytes)} limit"
         declared = response.headers.get("content-length", "")
@@ -287,16 +326,20 @@ def build_client(
     is our own (backfill_quality.fetching.transport; see bench/fetch_client.py).
     """
     if transport is None and not proxy_configured():
-        transport = LeanTransport(
-            max_connections=settings.per_host_limit,
-            keepalive_expiry_s=KEEPALIVE_EXPIRY_S,
-            ssl_context=httpx.create_ssl_context(),  # the CA bundle httpx would use, loaded once
-        )
+        transport = lean_transport(settings)
     return _ImageClient(
         timeout=request_timeout(settings),
         follow_redirects=False,
-        headers={"User-Agent": USER_AGENT, "Accept": "image/*, */*;q=0.5"},
+        headers=REQUEST_HEADERS,
         transport=transport,
+    )
+
+
+def lean_transport(settings: FetchSettings) -> LeanTransport:
+    return LeanTransport(
+        max_connections=settings.per_host_limit,
+        keepalive_expiry_s=KEEPALIVE_EXPIRY_S,
+        ssl_context=httpx.create_ssl_context(),  # the CA bundle httpx would use, loaded once
     )
 
 

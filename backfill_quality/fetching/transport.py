@@ -30,6 +30,7 @@ import httpx
 
 from backfill_quality.fetching.exchange import (
     Connection,
+    Outgoing,
     StaleConnection,
     next_event,
     receive,
@@ -39,7 +40,7 @@ from backfill_quality.fetching.exchange import (
 DEFAULT_PORTS = {"http": 80, "https": 443}
 STREAM_LIMIT_BYTES = 256 * 1024  # asyncio buffers up to twice this before pausing the socket
 
-_PoolKey = tuple[str, str, int]
+PoolKey = tuple[str, str, int]
 
 
 class _HostPool:
@@ -70,42 +71,60 @@ class LeanTransport(httpx.AsyncBaseTransport):
         self.max_idle_connections = max_idle_connections or max_connections
         self.keepalive_expiry_s = keepalive_expiry_s
         self._ssl_context = ssl_context
-        self._pools: dict[_PoolKey, _HostPool] = {}
+        self._pools: dict[PoolKey, _HostPool] = {}
         self._idle: dict[Connection, _HostPool] = {}  # every idle connection, oldest first
         self._is_closed = False
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        if self._is_closed:
-            raise RuntimeError("LeanTransport used after aclose()")
         url = request.url
         scheme = url.scheme
         if scheme not in DEFAULT_PORTS:
             raise httpx.UnsupportedProtocol(f"unsupported URL scheme '{scheme}'", request=request)
         host = url.raw_host.decode("ascii")  # IDNA-encoded, IPv6 without brackets
-        key = (scheme, host, url.port or DEFAULT_PORTS[scheme])
-        pool = self._pools.get(key)
-        if pool is None:
-            pool = self._pools[key] = _HostPool(self.max_connections)
+        headers = request.headers
+        has_body = "content-length" in headers or "transfer-encoding" in headers
+        body = (
+            request.stream
+            if has_body and isinstance(request.stream, httpx.AsyncByteStream)
+            else None
+        )
+        out = Outgoing(request.method, url.raw_path, headers.raw, body, request)
         timeouts: dict[str, Any] = request.extensions.get("timeout", {})
-        pool.users += 1
-        try:
-            await _acquire_slot(pool, timeouts.get("pool"), request)
-        except BaseException:
-            pool.users -= 1
-            self._forget_if_unused(key, pool)
-            raise
-        try:
-            conn, head = await self._exchange_head(key, pool, request, timeouts)
-        except BaseException:
-            self._release(key, pool, None)
-            raise
-        stream = _LeanStream(self, key, pool, conn, request, timeouts.get("read"))
+        head, stream = await self.exchange(
+            (scheme, host, url.port or DEFAULT_PORTS[scheme]), out, timeouts
+        )
         return httpx.Response(
             head.status_code,
             headers=head.headers.raw_items(),
             stream=stream,
             extensions={"http_version": b"HTTP/" + head.http_version, "reason_phrase": head.reason},
         )
+
+    async def exchange(
+        self, key: PoolKey, out: Outgoing, timeouts: dict[str, Any]
+    ) -> tuple[h11.Response, LeanStream]:
+        """Send `out` to (scheme, host, port): the response head, and its body as a stream
+        that gives the connection back when it ends or is closed. No httpx objects are built:
+        `ImageFetcher` calls this directly (see `plain.py`), httpx clients through
+        `handle_async_request`."""
+        if self._is_closed:
+            raise RuntimeError("LeanTransport used after aclose()")
+        pool = self._pools.get(key)
+        if pool is None:
+            pool = self._pools[key] = _HostPool(self.max_connections)
+        pool.users += 1
+        try:
+            await _acquire_slot(pool, timeouts.get("pool"), key[1], out.request)
+        except BaseException:
+            pool.users -= 1
+            self._forget_if_unused(key, pool)
+            raise
+        try:
+            conn, head = await self._exchange_head(key, pool, out, timeouts)
+        except BaseException:
+            self._release(key, pool, None)
+            raise
+        return head, LeanStream(self, key, pool, conn, out.request, timeouts.get("read"))
 
     async def aclose(self) -> None:
         self._is_closed = True
@@ -121,21 +140,21 @@ class LeanTransport(httpx.AsyncBaseTransport):
     # -- connections ----------------------------------------------------------------------------
 
     async def _exchange_head(
-        self, key: _PoolKey, pool: _HostPool, request: httpx.Request, timeouts: dict[str, Any]
+        self, key: PoolKey, pool: _HostPool, out: Outgoing, timeouts: dict[str, Any]
     ) -> tuple[Connection, h11.Response]:
         """Send the request on an idle or new connection; the connection and the response head."""
         conn = self._take_idle(pool)
         if conn is not None:
             try:
-                return conn, await send_and_read_head(conn, request, timeouts)
+                return conn, await send_and_read_head(conn, out, timeouts)
             except StaleConnection:
                 conn.abort()  # the server closed it while idle: once more on a new connection
             except BaseException:
                 conn.abort()
                 raise
-        conn = await self._connect(key, request, timeouts.get("connect"))
+        conn = await self._connect(key, out.request, timeouts.get("connect"))
         try:
-            return conn, await send_and_read_head(conn, request, timeouts)
+            return conn, await send_and_read_head(conn, out, timeouts)
         except StaleConnection as stale:
             conn.abort()
             raise stale.error from stale.error.__cause__
@@ -144,7 +163,7 @@ class LeanTransport(httpx.AsyncBaseTransport):
             raise
 
     async def _connect(
-        self, key: _PoolKey, request: httpx.Request, timeout_s: float | None
+        self, key: PoolKey, request: httpx.Request | None, timeout_s: float | None
     ) -> Connection:
         scheme, host, port = key
         context = self._tls_context() if scheme == "https" else None
@@ -185,7 +204,7 @@ class LeanTransport(httpx.AsyncBaseTransport):
             conn.abort()
         return None
 
-    def _release(self, key: _PoolKey, pool: _HostPool, conn: Connection | None) -> None:
+    def _release(self, key: PoolKey, pool: _HostPool, conn: Connection | None) -> None:
         """Give back a slot; `conn` goes idle if its exchange finished cleanly, else closes."""
         if conn is not None:
             state = conn.h11
@@ -217,21 +236,21 @@ class LeanTransport(httpx.AsyncBaseTransport):
             pool.idle.remove(oldest)
             oldest.abort()
 
-    def _forget_if_unused(self, key: _PoolKey, pool: _HostPool) -> None:
+    def _forget_if_unused(self, key: PoolKey, pool: _HostPool) -> None:
         if pool.users == 0 and not pool.idle and self._pools.get(key) is pool:
             del self._pools[key]
 
 
-class _LeanStream(httpx.AsyncByteStream):
+class LeanStream(httpx.AsyncByteStream):
     """The response body, chunk by chunk as it arrives; closing it gives the connection back."""
 
     def __init__(
         self,
         transport: LeanTransport,
-        key: _PoolKey,
+        key: PoolKey,
         pool: _HostPool,
         conn: Connection,
-        request: httpx.Request,
+        request: httpx.Request | None,
         read_timeout_s: float | None,
     ) -> None:
         self._transport = transport
@@ -241,7 +260,7 @@ class _LeanStream(httpx.AsyncByteStream):
         self._request = request
         self._read_timeout_s = read_timeout_s
 
-    def __aiter__(self) -> _LeanStream:
+    def __aiter__(self) -> LeanStream:
         return self
 
     async def __anext__(self) -> bytes:
@@ -291,7 +310,9 @@ class _LeanStream(httpx.AsyncByteStream):
         self._transport._release(self._key, self._pool, conn)
 
 
-async def _acquire_slot(pool: _HostPool, timeout_s: float | None, request: httpx.Request) -> None:
+async def _acquire_slot(
+    pool: _HostPool, timeout_s: float | None, host: str, request: httpx.Request | None
+) -> None:
     if not pool.slots.locked():
         await pool.slots.acquire()  # returns at once
         return
@@ -299,5 +320,5 @@ async def _acquire_slot(pool: _HostPool, timeout_s: float | None, request: httpx
         async with asyncio.timeout(timeout_s):
             await pool.slots.acquire()
     except TimeoutError as exc:
-        message = f"no free connection to {request.url.host} within {timeout_s:g}s"
+        message = f"no free connection to {host} within {timeout_s:g}s"
         raise httpx.PoolTimeout(message, request=request) from exc
