@@ -50,11 +50,18 @@ DOWNLOAD_DEADLINE_FACTOR = 4  # a whole attempt may take at most 4 x timeout_s
 
 @dataclass(frozen=True, slots=True)
 class Fetched:
-    """A downloaded body, how many attempts it took and the URL it finally came from."""
+    """A downloaded body, how many attempts it took, the URL it finally came from, and the
+    response's validators (`ETag`, `Last-Modified`, as sent; None when absent)."""
 
     data: bytes
     attempts: int
     final_url: str
+    etag: str | None = None
+    last_modified: str | None = None
+
+
+_Body = tuple[bytes, str, str | None, str | None]
+"""body, final URL, ETag, Last-Modified"""
 
 
 def backoff_delay_s(
@@ -144,13 +151,13 @@ class ImageFetcher:
         max_attempts = self.settings.retries + 1
         for attempt in range(1, max_attempts + 1):
             try:
-                data, final_url = await self._attempt(url)
+                data, final_url, etag, last_modified = await self._attempt(url)
             except AttemptError as err:
                 if not err.retryable or attempt == max_attempts:
                     raise err.to_fetch_error(attempt) from (err.__cause__ or err)
                 await asyncio.sleep(self._delay_before_retry_s(err, attempt))
             else:
-                return Fetched(data, attempt, final_url)
+                return Fetched(data, attempt, final_url, etag, last_modified)
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _delay_before_retry_s(self, err: AttemptError, attempt: int) -> float:
@@ -159,7 +166,7 @@ class ImageFetcher:
             return min(err.retry_after_s, s.retry_after_cap_s)
         return backoff_delay_s(attempt - 1, s.backoff_base_s, s.backoff_cap_s, self._rng)
 
-    async def _attempt(self, url: str) -> tuple[bytes, str]:
+    async def _attempt(self, url: str) -> _Body:
         deadline_s = self.settings.timeout_s * DOWNLOAD_DEADLINE_FACTOR
         try:
             async with asyncio.timeout(None) as timeout:
@@ -168,7 +175,7 @@ class ImageFetcher:
             detail = f"download took longer than {deadline_s:g}s"
             raise AttemptError("timed out", detail, retryable=True) from exc
 
-    async def _follow_redirects(self, url: str, deadline: _Deadline) -> tuple[bytes, str]:
+    async def _follow_redirects(self, url: str, deadline: _Deadline) -> _Body:
         client = self._client
         if client is None:
             raise RuntimeError("ImageFetcher used outside 'async with'")
@@ -185,7 +192,10 @@ class ImageFetcher:
                     if response.status_code in REDIRECT_STATUSES and location:
                         current = str(response.url.join(location))
                         continue
-                    return await self._read_body(response), str(response.url)
+                    body = await self._read_body(response)
+                    headers = response.headers
+                    etag, modified = headers.get("etag"), headers.get("last-modified")
+                    return body, str(response.url), etag, modified
             except httpx.HTTPError as exc:
                 raise translate_httpx_error(exc, current, self.settings.timeout_s) from exc
         raise AttemptError(
