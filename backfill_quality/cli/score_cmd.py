@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -12,14 +14,17 @@ from backfill_quality.cli import options as o
 from backfill_quality.cli.app import EXIT_OK, EXIT_SOME_FAILED, app, error_boundary
 from backfill_quality.cli.views import print_analysis, print_error
 from backfill_quality.config import (
+    DEFAULT_MAX_PIXELS,
     FetchSettings,
     available_cpus,
     parse_detector,
     thresholds_with_overrides,
 )
 from backfill_quality.errors import BackfillError
-from backfill_quality.fetching.fetcher import fetch_one
+from backfill_quality.fetching.fetcher import Fetched, fetch_one
 from backfill_quality.models import Analysis
+from backfill_quality.results import result_to_dict
+from backfill_quality.scoring.version import scorer_version
 
 SCORE_EPILOG = """Examples:
 
@@ -33,12 +38,18 @@ SCORE_EPILOG = """Examples:
 """
 
 
-def read_source(source: str, fetch: FetchSettings) -> bytes:
-    """Bytes of a local file, or of an http(s) URL (anything with '://' is treated as a URL)."""
-    if "://" in source or source.startswith(("data:", "file:")):
-        return fetch_one(source, fetch).data
+def is_url(source: str) -> bool:
+    """Anything with '://' (or data:/file:) is fetched as a URL; the rest is a local path."""
+    return "://" in source or source.startswith(("data:", "file:"))
+
+
+def read_source(source: str, fetch: FetchSettings) -> Fetched:
+    """Bytes of a local file (no validators), or of an http(s) URL (anything with '://' is treated
+    as a URL) with the response's ETag and Last-Modified."""
+    if is_url(source):
+        return fetch_one(source, fetch)
     try:
-        return Path(source).read_bytes()
+        return Fetched(Path(source).read_bytes(), 1, source)
     except OSError as exc:
         raise BackfillError(f"cannot read {source}: {exc.strerror or exc}") from exc
 
@@ -74,17 +85,25 @@ def score(
     failures = 0
     with error_boundary(verbose=verbose):
         from backfill_quality.scoring.detectors.factory import load_detector  # NumPy, ONNX
-        from backfill_quality.scoring.score import analysis_to_dict, score_image  # Pillow
+        from backfill_quality.scoring.score import score_for_run  # Pillow
 
         thresholds = thresholds_with_overrides(threshold or [])
-        finder = load_detector(parse_detector(detector, bird_class), available_cpus())
+        choice = parse_detector(detector, bird_class)
+        threads = available_cpus()
+        load_detector(choice, threads)  # a bad --detector fails here, before any image
+        version = scorer_version(choice, thresholds)
         fetch = FetchSettings(timeout_s=timeout)
         for index, source in enumerate(sources, start=1):
             try:
-                data = read_source(source, fetch)
-                analysis = score_image(data, thresholds, finder)
+                started_s = time.perf_counter()
+                fetched = read_source(source, fetch)
+                read_ms = (time.perf_counter() - started_s) * 1000
+                data = fetched.data
+                scored = score_for_run(data, thresholds, DEFAULT_MAX_PIXELS, choice, threads)
+                analysis = scored.analysis
                 if annotate is not None:
-                    write_annotation(data, analysis, annotate_path(annotate, index, len(sources)))
+                    out = annotate_path(annotate, index, len(sources))
+                    write_annotation(fetched.data, analysis, out)
             except BackfillError as exc:
                 failures += 1
                 if as_json:
@@ -93,7 +112,16 @@ def score(
                     print_error(source, str(exc))
                 continue
             if as_json:
-                typer.echo(json.dumps(analysis_to_dict(source, analysis)))
+                result = result_to_dict(
+                    source,
+                    scored,
+                    scorer_version=version,
+                    scored_at=datetime.now(UTC),
+                    etag=fetched.etag,
+                    last_modified=fetched.last_modified,
+                    fetch_ms=read_ms if is_url(source) else None,
+                )
+                typer.echo(json.dumps(result))
             else:
                 print_analysis(source, analysis)
     raise typer.Exit(EXIT_SOME_FAILED if failures else EXIT_OK)

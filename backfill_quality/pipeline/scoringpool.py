@@ -18,6 +18,7 @@ from concurrent.futures.process import BrokenProcessPool
 
 from backfill_quality.config import DetectorChoice, Thresholds, available_cpus
 from backfill_quality.errors import BackfillError
+from backfill_quality.models import ScoredImage
 from backfill_quality.pipeline.worker import (
     SCORING_MODULE,
     ignore_signals,
@@ -83,8 +84,8 @@ class ScoringPool:
             for future in futures:
                 future.result()
 
-    async def score(self, data: bytes) -> int:
-        """The score of one encoded image, computed in a worker process.
+    async def score(self, data: bytes) -> ScoredImage:
+        """The analysis of one encoded image, computed in a worker process.
 
         Raises DecodeError for unusable bytes, and BrokenProcessPool when the pool broke twice
         under this image (the first time it is retried: a crash elsewhere may have taken it along).
@@ -105,7 +106,7 @@ class ScoringPool:
         if self._executor is not None:
             self._executor.shutdown(wait=True, cancel_futures=True)
 
-    async def _score_once(self, data: bytes) -> int:
+    async def _score_once(self, data: bytes) -> ScoredImage:
         """Score in a worker process; a broken pool is replaced (once per breakage) and the
         error re-raised. Crash after crash with no success in between is fatal."""
         executor = self._executor
