@@ -9,7 +9,7 @@ import psycopg
 import pytest
 
 from backfill_quality import db
-from backfill_quality.config import FetchSettings, RunSettings
+from backfill_quality.config import FetchSettings, RunSettings, Target
 from backfill_quality.demo.imageserver import ImageServer
 from backfill_quality.demo.synthetic import make_bird_image
 from backfill_quality.errors import ConfigError
@@ -62,6 +62,7 @@ def bird_url(image_server: ImageServer) -> str:
 def fill(database_url: str, urls: list[str]) -> None:
     with db.connect(database_url) as conn:
         db.apply_migrations(conn)
+        db.create_results_table(conn, Target())
         with conn.cursor() as cur:
             cur.executemany("INSERT INTO images (url) VALUES (%s)", [(u,) for u in urls])
 

@@ -8,12 +8,14 @@ Callers use `from backfill_quality import db` and `db.<name>`; the submodules ow
 - `schema`: the target table (quoted name, column and key checks) and the migrations
 - `pages`: keyset page queries, counts and estimates of the rows left
 - `shards`: shard key ranges (integer keys: from the shard plan table, migration 005)
-- `writes`: the pipelined per-row score UPDATEs, and the demo's seed rows
+- `results`: the results table (what each score was made of): its migration step, the guarded
+  statement that writes a score with its result, reading results back
+- `writes`: the pipelined per-row score UPDATEs with their results, and the demo's seed rows
 - `status`: monitoring SQL for `status` (categories, histograms, exact counts, estimates)
 - `watch`: LISTEN/NOTIFY for watch mode
 
 Submodules import downwards only: connection <- schema <- pages <- status, pages <- shards;
-writes and watch use connection and schema.
+results uses connection and schema; writes uses results; watch uses connection and schema.
 """
 
 from backfill_quality.db.connection import connect, describe_database, is_retryable, redact_url
@@ -27,6 +29,14 @@ from backfill_quality.db.pages import (
     explain_page_query,
     fetch_page,
     ids_after,
+)
+from backfill_quality.db.results import (
+    create_results_table,
+    has_results_table,
+    read_results,
+    require_results_table,
+    results_label,
+    results_table_name,
 )
 from backfill_quality.db.schema import (
     INTEGER_ID_TYPES,
@@ -50,6 +60,8 @@ from backfill_quality.db.shards import (
 from backfill_quality.db.status import (
     ScoreBuckets,
     count_score_buckets,
+    count_scored_without_result,
+    estimate_results_rows,
     estimate_score_buckets,
     estimate_table_rows,
     score_distribution,
@@ -57,6 +69,7 @@ from backfill_quality.db.status import (
 )
 from backfill_quality.db.watch import has_notify_trigger, listen, wait_for_notifications
 from backfill_quality.db.writes import (
+    ScoreWrite,
     WriteResult,
     replace_demo_rows,
     write_score_results,
@@ -77,14 +90,18 @@ __all__ = [
     "UUID_SPACE",
     "IdRange",
     "ScoreBuckets",
+    "ScoreWrite",
     "WriteResult",
     "applied_migrations",
     "apply_migrations",
     "check_target",
     "connect",
     "count_score_buckets",
+    "count_scored_without_result",
     "count_unscored",
+    "create_results_table",
     "describe_database",
+    "estimate_results_rows",
     "estimate_score_buckets",
     "estimate_table_rows",
     "estimate_unscored",
@@ -92,13 +109,18 @@ __all__ = [
     "explain_page_query",
     "fetch_page",
     "has_notify_trigger",
+    "has_results_table",
     "ids_after",
     "is_retryable",
     "key_range_for_shard",
     "listen",
     "plan_target",
+    "read_results",
     "redact_url",
     "replace_demo_rows",
+    "require_results_table",
+    "results_label",
+    "results_table_name",
     "score_distribution",
     "score_histogram",
     "shard_plan_bounds",

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from backfill_quality import db
+from backfill_quality.config import Target
 from backfill_quality.demo.imageserver import ImageServer
 from backfill_quality.demo.photos import bird_photos, no_bird_photos, photo_bytes, variant
 from backfill_quality.errors import ConfigError
@@ -93,6 +94,7 @@ def fill_demo_table(database_url: str, server: ImageServer, rows: int, seed: int
     ]
     with db.connect(database_url) as conn:
         db.apply_migrations(conn)
+        db.create_results_table(conn, Target())
         db.replace_demo_rows(conn, urls)
     return rows
 

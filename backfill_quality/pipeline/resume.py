@@ -21,11 +21,21 @@ class RunStart:
     path: Path
     id_range: db.IdRange | None
     left: int
+    warnings: tuple[str, ...] = ()
 
 
 def prepare_run(conn: Any, s: RunSettings) -> RunStart:
     """Check the target, choose the checkpoint (new, resumed or refused), count the rows left."""
     id_type = db.check_target(conn, s.target)
+    warnings: tuple[str, ...] = ()
+    if not s.dry_run:
+        db.require_results_table(conn, s.target)  # before the checkpoint: nothing to undo
+    elif not db.has_results_table(conn, s.target):
+        warnings = (
+            f"the results table {db.results_label(s.target)!r} does not exist: this dry run "
+            "writes nothing anyway, but a real run will refuse to start until "
+            "`backfill-quality migrate` has created it",
+        )
     database = db.describe_database(conn)
     fingerprint = make_fingerprint(database=database, target=s.target, shard=s.shard)
     path = checkpoint_path_for(s.checkpoint_path, dry_run=s.dry_run, shard=s.shard)
@@ -45,7 +55,7 @@ def prepare_run(conn: Any, s: RunSettings) -> RunStart:
         left = min(left, s.limit)
     checkpoint.total = checkpoint.processed + left
     checkpoint.finished = False
-    return RunStart(checkpoint, path, id_range, left)
+    return RunStart(checkpoint, path, id_range, left, warnings)
 
 
 def prepare_checkpoint(

@@ -14,6 +14,7 @@ from collections import deque
 from collections.abc import Collection
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,8 @@ from backfill_quality.pipeline.progress import EtaEstimator, Reporter
 from backfill_quality.pipeline.resume import RunStart, prepare_run
 from backfill_quality.pipeline.scoringpool import ScoringPool
 from backfill_quality.pipeline.signals import StopSignals
+from backfill_quality.results import result_to_dict
+from backfill_quality.scoring.version import scorer_version
 
 NOTHING_TO_DO = "No images need quality score backfill"
 WRITE_BATCH_MAX = 50
@@ -89,6 +92,7 @@ class Runner:
         self._main: asyncio.Task[RunSummary] | None = None
         self._session: DatabaseSession | None = None
         self._eta = EtaEstimator()
+        self._scorer_version = ""  # known once the scoring processes are warm
 
     def run(self) -> RunSummary:
         """Run to the end of the table, to --limit, or to a signal; returns the summary."""
@@ -108,11 +112,15 @@ class Runner:
                 start, _ = await asyncio.gather(
                     session.call(self._prepare), asyncio.to_thread(self._pool.warm_up)
                 )
+                s = self.settings
+                self._scorer_version = scorer_version(s.detector, s.thresholds)
             except asyncio.CancelledError:
                 if self._interrupted is None:
                     raise
                 return self._summary_before_start()
             checkpoint, path = start.checkpoint, start.path
+            for warning in start.warnings:
+                self.reporter.warning(warning)
             save_checkpoint(path, checkpoint)  # from now on, --resume has something to resume
             if start.left == 0:
                 return self._finish_empty(checkpoint, path)
@@ -268,10 +276,21 @@ class Runner:
         attempts = 1
         try:
             async with fetching:
+                fetch_started_s = time.perf_counter()
                 fetched = await fetcher.fetch(row.url)
+                fetch_ms = (time.perf_counter() - fetch_started_s) * 1000
             attempts = fetched.attempts
-            score = await self._pool.score(fetched.data)  # retried once if the pool broke
-            return Outcome(row, score=score, attempts=attempts)
+            scored = await self._pool.score(fetched.data)  # retried once if the pool broke
+            result = result_to_dict(
+                row.url,
+                scored,
+                scorer_version=self._scorer_version,
+                scored_at=datetime.now(UTC),
+                etag=fetched.etag,
+                last_modified=fetched.last_modified,
+                fetch_ms=fetch_ms,
+            )
+            return Outcome(row, score=scored.analysis.score, attempts=attempts, result=result)
         except FetchError as exc:
             return Outcome(row, error=str(exc), attempts=exc.attempts)
         except DecodeError as exc:
@@ -313,10 +332,10 @@ class Runner:
     async def _write_batch(
         self, session: DatabaseSession, batch: list[tuple[Outcome, _Page]], state: _State
     ) -> None:
-        scores = [(o.row.id, o.score) for o, _ in batch if o.score is not None]
+        rows = [(o.row.id, o.result) for o, _ in batch if o.result is not None]
         written: dict[RowId, db.WriteResult] = {}
-        if scores and not self.settings.dry_run:
-            results = await session.write_scores(self.settings.target, scores)
+        if rows and not self.settings.dry_run:
+            results = await session.write_scores(self.settings.target, rows)
             written = {result.row_id: result for result in results}
         for outcome, page in batch:
             result = written.get(outcome.row.id)

@@ -18,7 +18,7 @@ import psycopg
 from psycopg import sql
 
 from backfill_quality import db
-from backfill_quality.config import DetectorChoice, Thresholds
+from backfill_quality.config import DetectorChoice, Target, Thresholds
 from backfill_quality.demo.imageserver import ImageServer
 from backfill_quality.demo.photos import photo_bytes, variant
 from backfill_quality.models import BBox
@@ -81,8 +81,9 @@ class UserTable:
             "score": sql.Identifier(self.score_column),
         }
 
-    def create(self, *, with_score_column: bool = True) -> UserTable:
-        """Create the table with extra columns; without the score column `migrate` must add it."""
+    def create(self, *, with_score_column: bool = True, with_results: bool = True) -> UserTable:
+        """Create the table with extra columns; without the score column `migrate` must add it.
+        `with_results`: also its results table (the step `migrate --table` runs)."""
         score_decl = sql.SQL(", {} integer").format(sql.Identifier(self.score_column))
         statement = sql.SQL(
             "CREATE TABLE {table} ({id} {id_decl}, {url} text NOT NULL, title text,"
@@ -94,7 +95,27 @@ class UserTable:
         )
         with self._connect() as conn:
             conn.execute(statement)
+        if with_results:
+            with db.connect(self.database_url) as conn:
+                db.create_results_table(conn, self.target)
         return self
+
+    @property
+    def target(self) -> Target:
+        return Target(
+            table=self.name,
+            id_column=self.id_column,
+            url_column=self.url_column,
+            score_column=self.score_column,
+        )
+
+    def results(self) -> dict[RowKey, dict[str, Any]]:
+        """Every stored result by row key (uuid keys as strings), under the JSON keys."""
+        with db.connect(self.database_url) as conn:
+            return db.read_results(conn, self.target)
+
+    def results_table(self) -> str:
+        return db.results_table_name(self.target)
 
     def install_audit(self) -> UserTable:
         """Record every UPDATE of the score column (one `audit` row per row written)."""
@@ -206,9 +227,12 @@ class UserTable:
 
 
 def apply_migrations(database_url: str) -> list[str]:
-    """Apply migrations/ in this process (for tests where `migrate` itself is not the point)."""
+    """Apply migrations/ and create the results table of `images`, as `migrate` does, in this
+    process (for tests where `migrate` itself is not the point)."""
     with db.connect(database_url) as conn:
-        return db.apply_migrations(conn)
+        applied = db.apply_migrations(conn)
+        db.create_results_table(conn, Target())
+        return applied
 
 
 # --- what the rows point at ------------------------------------------------------------------
