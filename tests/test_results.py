@@ -10,13 +10,16 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql
 
-from backfill_quality.config import DetectorChoice, Thresholds
+from backfill_quality import db
+from backfill_quality.config import DetectorChoice, Target, Thresholds
 from backfill_quality.demo.imageserver import ImageServer
 from backfill_quality.results import RESULT_KEYS
 from backfill_quality.scoring.checks import CHECKS
 from backfill_quality.scoring.version import scorer_version
 from tests.support.cli import json_lines, run_cli
+from tests.support.results import with_results
 from tests.support.table import IdType, UserTable, sample_images, serve_valid_images
 
 KEY_TYPES: list[IdType] = ["uuid", "integer", "text"]
@@ -314,3 +317,53 @@ def test_status_counts_the_rows_scored_before_the_results_table_separately(
     assert figures["scoredWithoutResult"] == 2
     text = run_cli("status", *table.cli_options(), cwd=tmp_path, database_url=database_url)
     assert "Without a stored result: 2 scored rows" in text.stdout
+
+
+def test_a_run_stores_the_version_its_thresholds_and_detector_make(
+    database_url: str, tmp_path: Path, image_server: ImageServer
+) -> None:
+    table = photos_table(database_url, "integer")
+    table.insert(list(serve_valid_images(image_server, 3)))
+    options = ("--threshold", "min_short_side=300", "--detector", "heuristic")
+    assert run(table, tmp_path, *options).exit_code == 0
+    stored = {record["scorerVersion"] for record in table.results().values()}
+    expected = scorer_version(DetectorChoice("heuristic"), Thresholds(min_short_side=300))
+    assert stored == {expected}
+    assert expected != scorer_version(DetectorChoice("heuristic"), Thresholds())
+
+
+# --- other schemas, long names (the db layer: migrate has no --schema option yet) ---------------
+
+
+@pytest.mark.parametrize(
+    ("schema", "name"),
+    [("media", "photos"), (None, "p" * 60), ('odd "schema"', "Photos; DROP TABLE x")],
+)
+def test_the_results_table_lives_beside_the_table_whatever_its_name(
+    database_url: str, schema: str | None, name: str
+) -> None:
+    target = Target(table=name, schema=schema)
+    qualified = sql.Identifier(schema, name) if schema else sql.Identifier(name)
+    with db.connect(database_url) as conn:
+        if schema:
+            conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+        conn.execute(
+            sql.SQL("CREATE TABLE {} (id bigint PRIMARY KEY, url text, quality_score int)").format(
+                qualified
+            )
+        )
+        conn.execute(
+            sql.SQL("INSERT INTO {} VALUES (1, 'u', NULL), (2, 'u', NULL)").format(qualified)
+        )
+        assert db.create_results_table(conn, target) == "created"
+        assert db.create_results_table(conn, target) == "already present"
+        results = db.results_table_name(target)
+        assert len(results.encode()) <= 63 and results.endswith("_quality_results")
+        [(found_schema,)] = conn.execute(
+            "SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE c.relname = %s",
+            (results,),
+        ).fetchall()
+        assert found_schema == (schema or "public")
+        assert db.write_scores(conn, target, with_results([(1, 77)])) == [True]
+        assert {key: r["score"] for key, r in db.read_results(conn, target).items()} == {1: 77}
