@@ -40,6 +40,11 @@ RESULT_KEYS = (
 def analysis_to_dict(source: str, analysis: Analysis) -> dict[str, Any]:
     """What the image showed: keys source, width, height, score, category, brightness, detector,
     presence, subject, checks (SPEC section 3)."""
+    return {"source": source} | analysis_fields(analysis)
+
+
+def analysis_fields(analysis: Analysis) -> dict[str, Any]:
+    """`analysis_to_dict` without the source (what a scoring process can tell)."""
     m = analysis.measurements
     subject: dict[str, Any] | None = None
     if m.subject is not None:
@@ -56,7 +61,6 @@ def analysis_to_dict(source: str, analysis: Analysis) -> dict[str, Any]:
             "confidence": round(m.subject.confidence, 4),
         }
     return {
-        "source": source,
         "width": m.width,
         "height": m.height,
         "score": analysis.score,
@@ -85,14 +89,18 @@ def result_to_dict(
     """The whole record of one result (`RESULT_KEYS`): the analysis, the bytes' size and
     SHA-256, the HTTP validators (None for a file), the scorer version, when, and how long
     fetching (None for a file) and scoring took, in milliseconds."""
-    record = analysis_to_dict(source, scored.analysis) | {
-        "bytes": scored.byte_size,
-        "contentSha256": scored.content_sha256,
-        "etag": etag,
-        "lastModified": last_modified,
-        "scorerVersion": scorer_version,
-        "scoredAt": scored_at.isoformat(timespec="milliseconds"),
-        "fetchMs": None if fetch_ms is None else round(fetch_ms, 1),
-        "scoreMs": round(scored.score_ms, 1),
-    }
+    record = (
+        {"source": source}
+        | scored.analysis
+        | {
+            "bytes": scored.byte_size,
+            "contentSha256": scored.content_sha256,
+            "etag": etag,
+            "lastModified": last_modified,
+            "scorerVersion": scorer_version,
+            "scoredAt": scored_at.isoformat(timespec="milliseconds"),
+            "fetchMs": None if fetch_ms is None else round(fetch_ms, 1),
+            "scoreMs": round(scored.score_ms, 1),
+        }
+    )
     return {key: record[key] for key in RESULT_KEYS}

@@ -14,7 +14,6 @@ from backfill_quality.cli import options as o
 from backfill_quality.cli.app import EXIT_OK, EXIT_SOME_FAILED, app, error_boundary
 from backfill_quality.cli.views import print_analysis, print_error
 from backfill_quality.config import (
-    DEFAULT_MAX_PIXELS,
     FetchSettings,
     available_cpus,
     parse_detector,
@@ -85,12 +84,12 @@ def score(
     failures = 0
     with error_boundary(verbose=verbose):
         from backfill_quality.scoring.detectors.factory import load_detector  # NumPy, ONNX
-        from backfill_quality.scoring.score import score_for_run  # Pillow
+        from backfill_quality.scoring.score import describe, score_image  # Pillow
 
         thresholds = thresholds_with_overrides(threshold or [])
         choice = parse_detector(detector, bird_class)
         threads = available_cpus()
-        load_detector(choice, threads)  # a bad --detector fails here, before any image
+        finder = load_detector(choice, threads)  # a bad --detector fails here, at once
         version = scorer_version(choice, thresholds)
         fetch = FetchSettings(timeout_s=timeout)
         for index, source in enumerate(sources, start=1):
@@ -98,9 +97,9 @@ def score(
                 started_s = time.perf_counter()
                 fetched = read_source(source, fetch)
                 read_ms = (time.perf_counter() - started_s) * 1000
-                data = fetched.data
-                scored = score_for_run(data, thresholds, DEFAULT_MAX_PIXELS, choice, threads)
-                analysis = scored.analysis
+                scoring_started_s = time.perf_counter()
+                analysis = score_image(fetched.data, thresholds, finder)
+                score_ms = (time.perf_counter() - scoring_started_s) * 1000
                 if annotate is not None:
                     out = annotate_path(annotate, index, len(sources))
                     write_annotation(fetched.data, analysis, out)
@@ -114,7 +113,7 @@ def score(
             if as_json:
                 result = result_to_dict(
                     source,
-                    scored,
+                    describe(fetched.data, analysis, score_ms),
                     scorer_version=version,
                     scored_at=datetime.now(UTC),
                     etag=fetched.etag,

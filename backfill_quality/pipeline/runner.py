@@ -290,7 +290,7 @@ class Runner:
                 last_modified=fetched.last_modified,
                 fetch_ms=fetch_ms,
             )
-            return Outcome(row, score=scored.analysis.score, attempts=attempts, result=result)
+            return Outcome(row, score=scored.score, attempts=attempts, result=result)
         except FetchError as exc:
             return Outcome(row, error=str(exc), attempts=exc.attempts)
         except DecodeError as exc:

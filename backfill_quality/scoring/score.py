@@ -12,6 +12,7 @@ import time
 
 from backfill_quality.config import DEFAULT_MAX_PIXELS, DetectorChoice, Thresholds
 from backfill_quality.models import Analysis, Measurements, ScoredImage
+from backfill_quality.results import analysis_fields
 from backfill_quality.scoring.checks import evaluate
 from backfill_quality.scoring.detectors.base import Detector
 from backfill_quality.scoring.detectors.factory import load_detector
@@ -54,9 +55,14 @@ def score_for_run(
     started_s = time.perf_counter()
     detector = load_detector(choice, threads)
     analysis = score_image(data, thresholds, detector, max_pixels=max_pixels)
+    return describe(data, analysis, (time.perf_counter() - started_s) * 1000)
+
+
+def describe(data: bytes, analysis: Analysis, score_ms: float) -> ScoredImage:
+    """The analysis of `data` in its JSON form, with the bytes' size and SHA-256."""
     return ScoredImage(
-        analysis=analysis,
+        analysis=analysis_fields(analysis),
         byte_size=len(data),
         content_sha256=hashlib.sha256(data).hexdigest(),
-        score_ms=(time.perf_counter() - started_s) * 1000,
+        score_ms=score_ms,
     )

@@ -9,7 +9,7 @@ from typing import Any
 
 from backfill_quality.config import Thresholds
 from backfill_quality.models import BBox, Measurements, RowId, ScoredImage, Subject
-from backfill_quality.results import result_to_dict
+from backfill_quality.results import analysis_fields, result_to_dict
 from backfill_quality.scoring.checks import evaluate
 
 SOURCE = "http://h/bird.jpg"
@@ -21,7 +21,8 @@ def a_result(score: int, source: str = SOURCE) -> dict[str, Any]:
     measured = Measurements(1200, 800, 120.0, subject, presence=0.97, detector="learned")
     analysis = evaluate(measured, Thresholds())
     category = "high" if score >= 80 else "medium" if score >= 60 else "low"
-    scored = ScoredImage(replace(analysis, score=score, category=category), 1234, "ab" * 32, 7.5)
+    fields = analysis_fields(replace(analysis, score=score, category=category))
+    scored = ScoredImage(fields, 1234, "ab" * 32, 7.5)
     return result_to_dict(
         source,
         scored,
