@@ -109,11 +109,15 @@ class Runner:
                 await session.open()
                 # the scoring processes start while the database is checked and counted
                 self._pool.start()
+                s = self.settings  # the version hashes the model files: beside the warm-up
+                versioning = asyncio.ensure_future(
+                    asyncio.to_thread(scorer_version, s.detector, s.thresholds)
+                )
+                versioning.add_done_callback(lambda done: done.cancelled() or done.exception())
                 start, _ = await asyncio.gather(
                     session.call(self._prepare), asyncio.to_thread(self._pool.warm_up)
                 )
-                s = self.settings
-                self._scorer_version = scorer_version(s.detector, s.thresholds)
+                self._scorer_version = await versioning
             except asyncio.CancelledError:
                 if self._interrupted is None:
                     raise
