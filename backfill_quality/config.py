@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 import os
+import re
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,14 +18,22 @@ DEFAULT_SCORE_COLUMN = "quality_score"
 DEFAULT_CHECKPOINT = Path(".backfill-progress.json")
 DEFAULT_BATCH_SIZE = 50
 MAX_BATCH_SIZE = 50
-DEFAULT_CONCURRENCY = 16
+CONCURRENCY_AUTO = "auto"
+DEFAULT_CONCURRENCY = CONCURRENCY_AUTO
 MAX_CONCURRENCY = 1024
+DEFAULT_MAX_CONCURRENCY = 64
+"""The ceiling of `--concurrency auto` (`--max-concurrency`)."""
+HOST_SHARE_OF_MAX = 0.75
+"""With `--concurrency auto`, one host may hold at most this share of `--max-concurrency`
+(`--max-per-host` overrides it): one slow host among many cannot take every slot."""
 DEFAULT_TIMEOUT_S = 30.0
 DEFAULT_MAX_BYTES = 25_000_000
 DEFAULT_RETRIES = 3
 MAX_URL_LENGTH = 8192
 DEFAULT_MAX_PIXELS = 100_000_000
 DEFAULT_DEMO_ROWS = 300
+DEFAULT_POLL_INTERVAL_S = 30.0  # watch: look for unscored rows at least this often
+DEFAULT_RETRY_FAILED_AFTER_S = 3600.0  # watch: try a failed row again after this long
 DEFAULT_DETECTOR = "learned"
 COCO_BIRD_CLASS = 14
 """The class index of "bird" in the 80 COCO classes most detectors are trained on."""
@@ -56,9 +66,25 @@ class Thresholds:
             raise ConfigError("edge margin must be in [0, 0.5)")
 
 
+MAX_IDENTIFIER_BYTES = 63  # PostgreSQL's NAMEDATALEN - 1
+_PLAIN_IDENTIFIER = re.compile(r"[a-z_][a-z0-9_$]*")
+TABLE_SYNTAX = (
+    "expected TABLE or SCHEMA.TABLE, each part as written (case kept) or in double quotes when "
+    'it holds a dot or a quote, e.g. media.photos or "My Schema"."photos.v2"'
+)
+
+
+def quote_name(name: str) -> str:
+    """`name` as PostgreSQL's quote_ident writes it: bare when plain lower case, else quoted."""
+    if _PLAIN_IDENTIFIER.fullmatch(name):
+        return name
+    return '"' + name.replace('"', '""') + '"'
+
+
 @dataclass(frozen=True, slots=True)
 class Target:
-    """Which table and columns the backfill reads and writes."""
+    """Which table and columns the backfill reads and writes. `schema` None: the table is found
+    through the search_path, as PostgreSQL finds an unqualified name."""
 
     table: str = DEFAULT_TABLE
     id_column: str = DEFAULT_ID_COLUMN
@@ -69,12 +95,75 @@ class Target:
     def __post_init__(self) -> None:
         for label, name in (
             ("--table", self.table),
+            ("--table (schema)", self.schema),
             ("--id-column", self.id_column),
             ("--url-column", self.url_column),
             ("--score-column", self.score_column),
         ):
-            if not name or "\x00" in name or len(name) > 63:
+            if name is None and label == "--table (schema)":
+                continue
+            if not name or "\x00" in name or len(name.encode()) > MAX_IDENTIFIER_BYTES:
                 raise ConfigError(f"{label}: {name!r} is not a usable PostgreSQL identifier")
+
+    def cli_options(self) -> list[str]:
+        """The options that name this target, where they differ from the defaults."""
+        options: list[str] = []
+        if self.schema or self.table != DEFAULT_TABLE:
+            options += ["--table", self.label]
+        for option, value, default in (
+            ("--id-column", self.id_column, DEFAULT_ID_COLUMN),
+            ("--url-column", self.url_column, DEFAULT_URL_COLUMN),
+            ("--score-column", self.score_column, DEFAULT_SCORE_COLUMN),
+        ):
+            if value != default:
+                options += [option, value]
+        return [shlex.quote(option) for option in options]
+
+    @property
+    def label(self) -> str:
+        """The table as SQL (and `--table`) would name it: `media.photos`, `"My Schema"."T"`."""
+        table = quote_name(self.table)
+        return f"{quote_name(self.schema)}.{table}" if self.schema else table
+
+
+def parse_table_option(text: str) -> tuple[str | None, str]:
+    """`--table` -> (schema or None, table). Parts are split on dots outside double quotes and
+    kept as written (no case folding); a quoted part may hold dots, `""` is a quote."""
+    parts: list[str] = []
+    i = 0
+    while True:
+        part, i = _name_part(text, i)
+        parts.append(part)
+        if i == len(text):
+            break
+        if text[i] != ".":
+            raise ConfigError(f"--table {text!r}: {TABLE_SYNTAX}")
+        i += 1
+    if len(parts) > 2:
+        raise ConfigError(f"--table {text!r}: {TABLE_SYNTAX}")
+    return (parts[0], parts[1]) if len(parts) == 2 else (None, parts[0])
+
+
+def _name_part(text: str, start: int) -> tuple[str, int]:
+    """One dot-separated part of `text` from `start`: (the name, the index after it)."""
+    if text.startswith('"', start):
+        pieces: list[str] = []
+        i = start + 1
+        while (end := text.find('"', i)) >= 0:
+            pieces.append(text[i:end])
+            if not text.startswith('""', end):
+                name = '"'.join(pieces)
+                if name:
+                    return name, end + 1
+                break
+            i = end + 2
+        raise ConfigError(f"--table {text!r}: {TABLE_SYNTAX}")
+    end = text.find(".", start)
+    end = len(text) if end < 0 else end
+    name = text[start:end]
+    if not name or '"' in name:
+        raise ConfigError(f"--table {text!r}: {TABLE_SYNTAX}")
+    return name, end
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +174,12 @@ class FetchSettings:
     max_bytes: int = DEFAULT_MAX_BYTES
     retries: int = DEFAULT_RETRIES
     max_rps: float | None = None
-    concurrency: int = DEFAULT_CONCURRENCY
+    concurrency: int | None = None
+    """Downloads in flight; None: `auto` (an adaptive level between 1 and max_concurrency)."""
+    max_concurrency: int = DEFAULT_MAX_CONCURRENCY
+    max_per_host: int | None = None
+    """Downloads in flight to one host; None: HOST_SHARE_OF_MAX of max_concurrency (auto) or
+    the fixed concurrency."""
     deny_private_networks: bool = False
     max_redirects: int = 5
     backoff_base_s: float = 0.5
@@ -101,8 +195,51 @@ class FetchSettings:
             raise ConfigError("--retries must be between 0 and 20")
         if self.max_rps is not None and not self.max_rps > 0:
             raise ConfigError("--max-rps must be greater than 0")
-        if not 1 <= self.concurrency <= MAX_CONCURRENCY:
-            raise ConfigError(f"--concurrency must be between 1 and {MAX_CONCURRENCY}")
+        if self.concurrency is not None and not 1 <= self.concurrency <= MAX_CONCURRENCY:
+            raise ConfigError(
+                f"--concurrency must be auto or between 1 and {MAX_CONCURRENCY}, "
+                f"not {self.concurrency}"
+            )
+        if not 1 <= self.max_concurrency <= MAX_CONCURRENCY:
+            raise ConfigError(f"--max-concurrency must be between 1 and {MAX_CONCURRENCY}")
+        if self.max_per_host is not None and not 1 <= self.max_per_host <= MAX_CONCURRENCY:
+            raise ConfigError(f"--max-per-host must be between 1 and {MAX_CONCURRENCY}")
+
+    @property
+    def is_adaptive(self) -> bool:
+        """`--concurrency auto`: the number in flight finds its own level."""
+        return self.concurrency is None
+
+    @property
+    def ceiling(self) -> int:
+        """The most downloads ever in flight at once: the fixed number, or the auto ceiling."""
+        return self.max_concurrency if self.concurrency is None else self.concurrency
+
+    @property
+    def per_host_limit(self) -> int:
+        """The most downloads in flight to one host (never above `ceiling`)."""
+        if self.max_per_host is not None:
+            return min(self.max_per_host, self.ceiling)
+        if self.concurrency is not None:
+            return self.concurrency
+        return max(1, math.ceil(HOST_SHARE_OF_MAX * self.max_concurrency))
+
+
+def parse_concurrency(text: str) -> int | None:
+    """`auto` -> None; a whole number 1..MAX_CONCURRENCY -> itself; ConfigError otherwise."""
+    value = text.strip().lower()
+    if value == CONCURRENCY_AUTO:
+        return None
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if not 1 <= number <= MAX_CONCURRENCY:
+        raise ConfigError(
+            f"--concurrency {text!r}: expected auto or a whole number from 1 to "
+            f"{MAX_CONCURRENCY} (1 = one image at a time, like the original)"
+        )
+    return number
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,6 +24,19 @@ class DatabaseError(BackfillError):
         self.confirmed: list[object] = []  # a batch's results known before the failure
 
 
+class TargetLockedError(BackfillError):
+    """Another process runs on this target (its advisory lock is held): nothing was done, or,
+    after a reconnect, this run stopped with its checkpoint saved. Exit code 4."""
+
+    exit_code = 4
+
+
+class MigrationBlockedError(BackfillError):
+    """A migration step cannot complete because of what the table holds (rows whose score breaks
+    the CHECK it adds); nothing was changed. The command was right, the data must be fixed: a
+    fatal error (1), like a table that stays locked, not a usage error (2)."""
+
+
 class CheckpointError(BackfillError):
     """The checkpoint file is unreadable, malformed, or from another target or kind of run: the
     user must choose (--restart, another --checkpoint), so it is a usage error."""

@@ -114,7 +114,8 @@ class Outcome:
 class RunSummary:
     """The end of a run, for the final report: counts, timing, and the failed rows (id, url, error).
 
-    `interrupted` is 'SIGINT' or 'SIGTERM' when a signal stopped the run, else None.
+    `interrupted` is 'SIGINT' or 'SIGTERM' when a signal stopped the run, else None. `total`
+    is every row the run had left (and those it resumed after), even with a `limit`.
     """
 
     total: int
@@ -128,3 +129,7 @@ class RunSummary:
     interrupted: str | None
     failed_images: tuple[tuple[RowId, str, str], ...]
     checkpoint_path: str
+    limit: int | None = None
+    """--limit: the run stopped after this many rows (`total` counts every row left)."""
+    score_histogram: tuple[int, ...] = ()
+    """Rows scored, by decile (0-9 … 90-100); empty when nothing was counted."""

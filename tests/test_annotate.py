@@ -56,7 +56,7 @@ def test_annotate_without_subject(tmp_path: Path) -> None:
     out = tmp_path / "none.png"
     annotate_image(make_empty_image(seed=2, width=300, height=200), analysis_with(None), out)
     with Image.open(out) as image:
-        assert image.size == (300, 200)
+        assert image.size == (512, 341)  # enlarged: a label on 300 x 200 would cover it
 
 
 def test_annotate_rejects_non_images(tmp_path: Path) -> None:
@@ -84,3 +84,42 @@ def test_synthetic_brightness_scales_the_image() -> None:
 def test_synthetic_formats(fmt: str) -> None:
     with Image.open(io.BytesIO(make_bird_image(seed=1, width=200, height=150, fmt=fmt))) as image:
         assert image.format == fmt
+
+
+# --- the label panel scales with the picture ----------------------------------------------------
+
+MAX_PANEL_SHARE = 0.20  # of the picture's area
+MIN_LINE_PX = 10  # a line of the panel is at least this tall: readable
+
+
+def panel_box(path: Path) -> tuple[int, int, int, int, int, int]:
+    """(left, top, right, bottom, width, height): the box of every non-white pixel of an
+    annotation drawn on a white picture (the panel: no bird, so no box), and the picture size."""
+    with Image.open(path) as image:
+        pixels = np.asarray(image.convert("RGB")).astype(int)
+    height, width = pixels.shape[:2]
+    marked = (pixels < 250).any(axis=2)
+    rows, cols = np.nonzero(marked.any(axis=1))[0], np.nonzero(marked.any(axis=0))[0]
+    assert rows.size and cols.size, "no panel drawn"
+    return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1, width, height
+
+
+@pytest.mark.parametrize(
+    ("width", "height"),
+    [(216, 136), (120, 90), (500, 375), (1024, 768), (4000, 3000), (600, 1200), (1600, 800)],
+)
+def test_the_label_covers_a_bounded_share_of_the_picture_and_stays_readable(
+    tmp_path: Path, width: int, height: int
+) -> None:
+    white = Image.new("RGB", (width, height), (255, 255, 255))
+    buffer = io.BytesIO()
+    white.save(buffer, format="PNG")
+    analysis = analysis_with(None)
+    out = tmp_path / "white.png"
+    annotate_image(buffer.getvalue(), analysis, out)
+
+    left, top, right, bottom, out_width, out_height = panel_box(out)
+    share = (right - left) * (bottom - top) / (out_width * out_height)
+    assert share <= MAX_PANEL_SHARE, f"the label covers {share:.0%} of a {width}x{height} picture"
+    assert (bottom - top) / len(summary_lines(analysis)) >= MIN_LINE_PX
+    assert out_width / out_height == pytest.approx(width / height, rel=0.02)  # not distorted

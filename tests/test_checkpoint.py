@@ -315,6 +315,38 @@ def test_checkpoint_path_for_each_kind_of_run(
     assert checkpoint_path_for(Path(base), dry_run=dry_run, shard=shard) == Path(expected)
 
 
+@pytest.mark.parametrize(
+    ("target", "dry_run", "shard", "expected"),
+    [
+        (Target(), False, None, ".backfill-progress.json"),
+        (Target(schema="public"), True, None, ".backfill-progress.dry-run.json"),
+        (Target(table="photos"), False, None, ".backfill-progress.photos.json"),
+        (
+            Target(table="photos", schema="media"),
+            True,
+            Shard(1, 2),
+            ".backfill-progress.media.photos.shard-1-of-2.dry-run.json",
+        ),
+        (Target(score_column="score_v2"), False, None, ".backfill-progress.images.score_v2.json"),
+        (
+            Target(table="Bird Photos", score_column="qualityScore"),
+            False,
+            None,
+            ".backfill-progress.Bird_Photos.qualityScore.json",
+        ),
+        (Target(table="../../etc/x"), False, None, ".backfill-progress._etc_x.json"),
+    ],
+    ids=["default", "public-images", "table", "schema-shard-dry", "score", "quoted", "slashes"],
+)
+def test_each_target_has_its_own_checkpoint_file_and_the_default_keeps_the_specs(
+    target: Target, dry_run: bool, shard: Shard | None, expected: str
+) -> None:
+    path = checkpoint_path_for(
+        Path("run/.backfill-progress.json"), dry_run=dry_run, shard=shard, target=target
+    )
+    assert path == Path("run") / expected
+
+
 def test_resuming_against_another_target_is_refused() -> None:
     checkpoint = sample_checkpoint()
     other = Target(table="photos")

@@ -104,6 +104,45 @@ def test_resolution(width: int, height: int, expected: int, passed: bool) -> Non
 
 
 @pytest.mark.parametrize(
+    ("width", "height", "reason"),
+    [
+        pytest.param(
+            500,
+            375,
+            "500x375 (187,500 pixels): short side 375 px is under 400 px, so the check fails; "
+            "but 187,500 pixels are at least 120,000, so it scores 100",
+            id="the-originals-500x375",
+        ),
+        pytest.param(
+            300,
+            200,
+            "300x200 (60,000 pixels): fewer than 120,000 pixels, and short side 200 px is under "
+            "400 px",
+            id="both-short",
+        ),
+        pytest.param(500, 500, "500x500 (250,000 pixels) is enough detail", id="enough"),
+    ],
+)
+def test_the_resolution_reason_says_why_it_fails_and_why_it_scores_what_it_does(
+    width: int, height: int, reason: str
+) -> None:
+    assert check_resolution(m(width=width, height=height), T).reason == reason
+
+
+@given(st.integers(1, 5000), st.integers(1, 5000))
+def test_the_resolution_reason_names_every_rule_broken_and_a_full_score_despite_them(
+    width: int, height: int
+) -> None:
+    result = check_resolution(m(width=width, height=height), T)
+    pixels, short_side = width * height, min(width, height)
+    assert (f"short side {short_side} px is under 400 px" in result.reason) == (short_side < 400)
+    assert ("fewer than 120,000 pixels" in result.reason) == (pixels < 120_000)
+    if not result.passed and pixels >= 120_000:  # failed on the short side alone
+        assert result.score == 100
+        assert result.reason.endswith("so it scores 100")
+
+
+@pytest.mark.parametrize(
     ("brightness", "expected"),
     [
         pytest.param(0, 0, id="black"),

@@ -217,6 +217,74 @@ def test_dry_run_writes_nothing_and_keeps_its_own_checkpoint(
     assert dry_path.read_bytes() == dry_bytes, "the real run must not touch the dry-run checkpoint"
 
 
+def summary_block(stderr: str) -> dict[str, str]:
+    """The 'Label: value' lines of the closing Progress Summary."""
+    block = stderr.split("Progress Summary", 1)[1].split("═" * 60)[1]
+    return dict(
+        (label.strip(), value.strip())
+        for label, _, value in (line.partition(":") for line in block.splitlines())
+        if value
+    )
+
+
+def categories(scores: Iterable[int]) -> dict[str, int]:
+    counts = {"high": 0, "medium": 0, "low": 0}
+    for score in scores:
+        counts["high" if score >= 80 else "medium" if score >= 60 else "low"] += 1
+    return counts
+
+
+def test_a_limited_dry_run_shows_its_scores_and_the_rows_left_and_never_blocks_the_next(
+    database_url: str, image_server: ImageServer, tmp_path: Path
+) -> None:
+    table = images_table(database_url)
+    valid = serve_valid_images(image_server, 8)
+    rows = table.insert(list(valid))
+    score_of = {str(row.id): valid[row.url] for row in rows}
+    first_five = [score_of[str(key)] for key in table.ordered_keys()[:5]]
+    limited = ("--dry-run", "--limit", "5", "--batch-size", "2", *FAST_FETCH)
+
+    first = run(tmp_path, database_url, *limited)
+
+    assert first.exit_code == 0, first.output
+    lines = summary_block(first.stderr)
+    assert lines["Total"] == "8 images", "Total is the rows left, not the limit"
+    assert lines["Limit"].startswith("5 "), lines
+    assert lines["Processed"] == "5 (62.5%)"
+    for category, count in categories(first_five).items():
+        assert re.search(rf"^\s*{category}\s+{count}\b", first.stderr, re.MULTILINE), (
+            category,
+            first.stderr,
+        )
+    histogram = re.findall(r"^\s*(\d+-\d+)\s+(\d+)", first.stderr, re.MULTILINE)
+    assert [label for label, _ in histogram][-1] == "90-100" and len(histogram) == 10
+    assert [int(n) for _, n in histogram] == [
+        sum(1 for s in first_five if min(s // 10, 9) == decile) for decile in range(10)
+    ]
+    dry_path = tmp_path / DRY_RUN_CHECKPOINT_NAME
+    checkpoint = read_checkpoint(dry_path)
+    assert (checkpoint["total"], checkpoint["processed"], checkpoint["finished"]) == (8, 5, False)
+
+    again = run(tmp_path, database_url, *limited)  # no --resume, no --restart
+
+    assert again.exit_code == 0, again.output
+    assert read_checkpoint(dry_path)["processed"] == 5
+    assert summary_block(again.stderr)["Total"] == "8 images"
+
+    whole = run(tmp_path, database_url, "--dry-run", "--log-format", "json", *FAST_FETCH)
+
+    assert whole.exit_code == 0, whole.output
+    events = json_lines(whole.stderr)
+    start = next(e for e in events if e["event"] == "start")
+    assert (start["total"], start["limit"]) == (8, None)
+    summary = next(e for e in events if e["event"] == "summary")
+    assert summary["scoreDistribution"] == categories(valid[row.url] for row in rows)
+    assert sum(summary["scoreHistogram"]) == 8
+    assert_null(table, rows)
+    assert not table.audit_writes()
+    assert not (tmp_path / CHECKPOINT_NAME).exists()
+
+
 # --- interrupted and repeated runs ----------------------------------------------------------------
 
 
@@ -315,10 +383,18 @@ def test_pacing_options_still_score_every_row(
 
 
 @pytest.mark.parametrize(
-    ("id_type", "names"),
+    ("id_type", "names", "checkpoint_name"),
     [
-        ("integer", ("Bird Photos", "photoKey", "imageUrl", "qualityScore")),
-        ("text", ("uploads", "slug", "source url", "score")),
+        (
+            "integer",
+            ("Bird Photos", "photoKey", "imageUrl", "qualityScore"),
+            ".backfill-progress.Bird_Photos.qualityScore.json",
+        ),
+        (
+            "text",
+            ("uploads", "slug", "source url", "score"),
+            ".backfill-progress.uploads.score.json",
+        ),
     ],
     ids=["integer-keys-quoted-names", "text-keys"],
 )
@@ -328,6 +404,7 @@ def test_other_key_types_and_table_names(
     tmp_path: Path,
     id_type: IdType,
     names: tuple[str, str, str, str],
+    checkpoint_name: str,
 ) -> None:
     name, id_column, url_column, score_column = names
     table = UserTable(database_url, name, id_column, url_column, score_column, id_type)
@@ -344,7 +421,7 @@ def test_other_key_types_and_table_names(
     assert_null(table, broken_rows)
     assert table.scores()[prescored[0].id] == 12
     assert table.audit_writes() == Counter(keys(valid_rows))
-    checkpoint = read_checkpoint(tmp_path / CHECKPOINT_NAME)
+    checkpoint = read_checkpoint(tmp_path / checkpoint_name)  # the table's own file
     assert_spec_checkpoint(checkpoint)
     unscored = [key for key in table.ordered_keys() if key != prescored[0].id]
     assert checkpoint["lastProcessedId"] == unscored[-1]  # an integer stays a JSON integer
@@ -361,9 +438,21 @@ def test_other_key_types_and_table_names(
         (("--batch-size", "51"), "--batch-size"),
         (("--delay", "-1"), "--delay"),
         (("--concurrency", "0"), "--concurrency"),
+        (("--concurrency", "lots"), "--concurrency"),
+        (("--max-concurrency", "0"), "--max-concurrency"),
+        (("--max-per-host", "0"), "--max-per-host"),
         (("--log-format", "xml"), "--log-format"),
     ],
-    ids=["batch-size-0", "batch-size-51", "negative-delay", "concurrency-0", "log-format-xml"],
+    ids=[
+        "batch-size-0",
+        "batch-size-51",
+        "negative-delay",
+        "concurrency-0",
+        "concurrency-word",
+        "max-concurrency-0",
+        "max-per-host-0",
+        "log-format-xml",
+    ],
 )
 def test_bad_option_values_are_usage_errors_naming_the_option(
     args: tuple[str, ...], option: str
@@ -431,39 +520,48 @@ def test_a_corrupt_checkpoint_is_refused_and_nothing_is_written(
     assert (tmp_path / CHECKPOINT_NAME).read_text(encoding="utf-8") == corrupt
 
 
-def test_resuming_a_checkpoint_of_another_table_is_refused(
+def test_resuming_a_checkpoint_of_another_target_is_refused(
     database_url: str, image_server: ImageServer, tmp_path: Path
 ) -> None:
     images = images_table(database_url)
-    images.insert(list(serve_valid_images(image_server, 6)))
+    rows = images.insert(list(serve_valid_images(image_server, 6)))
     archive = UserTable(database_url, name="archive_images").create().install_audit()
     archive_rows = archive.insert(list(serve_valid_images(image_server, 3, prefix="archive")))
     first = run(tmp_path, database_url, "--limit", "2", "--batch-size", "2", *FAST_FETCH)
     assert first.exit_code == 0, first.output
     checkpoint_before = (tmp_path / CHECKPOINT_NAME).read_bytes()
+    written_before = images.audit_writes()
 
-    result = run(tmp_path, database_url, "--resume", *archive.cli_options(), *FAST_FETCH)
+    result = run(tmp_path, database_url, "--resume", "--url-column", "title", *FAST_FETCH)
 
     assert result.exit_code in (1, 2), result.output
     assert "another target" in result.output, result.output
     assert "--restart" in result.output or "--checkpoint" in result.output
-    assert_null(archive, archive_rows)
+    assert images.audit_writes() == written_before and len(written_before) == 2
     assert (tmp_path / CHECKPOINT_NAME).read_bytes() == checkpoint_before
 
+    other_table = run(tmp_path, database_url, "--resume", *archive.cli_options(), *FAST_FETCH)
 
-def test_refusing_another_targets_checkpoint_names_both_tables(
+    assert other_table.exit_code == 2, other_table.output
+    assert ".backfill-progress.archive_images.json" in other_table.output  # its own file
+    assert_null(archive, archive_rows)
+    assert (tmp_path / CHECKPOINT_NAME).read_bytes() == checkpoint_before
+    assert len(rows) == 6
+
+
+def test_refusing_another_targets_checkpoint_names_both_targets(
     database_url: str, tmp_path: Path
 ) -> None:
     UserTable(database_url, name="archive_images").create()
     theirs = Checkpoint(fingerprint="0123456789abcdef", dry_run=False, total=9, processed=2)
-    theirs.target = "db.example.org:5432/app images(id,url→quality_score)"
-    save_checkpoint(tmp_path / CHECKPOINT_NAME, theirs)
+    theirs.target = "db.example.org:5432/app archive_images(id,url→quality_score)"
+    save_checkpoint(tmp_path / ".backfill-progress.archive_images.json", theirs)
 
     result = run(tmp_path, database_url, "--resume", "--table", "archive_images")
 
     assert result.exit_code in (1, 2), result.output
-    assert "images(id,url" in result.output, "the checkpoint's target"
-    assert "archive_images" in result.output, "this run's target"
+    assert "db.example.org:5432/app archive_images(id,url" in result.output, "its target"
+    assert "/t_" in result.output and "archive_images" in result.output, "this run's target"
 
 
 # --- secrets and logs -----------------------------------------------------------------------------
@@ -585,6 +683,10 @@ def test_json_logs_are_one_event_per_line(
         assert summary[key] == checkpoint[key], key
     assert (summary["processed"], summary["succeeded"], summary["failed"]) == (9, 8, 1)
     assert table.audit_writes() == Counter(keys(valid_rows))
+    levels = [event for event in events if event["event"] == "concurrency"]
+    assert levels[0]["previous"] == 0 and "auto" in levels[0]["reason"]  # the default
+    assert all(event["reason"] and event["level"] >= 1 for event in levels)
+    assert all(event["inFlight"] >= 1 for event in events if event["event"] == "page")
 
 
 # --- the detector ---------------------------------------------------------------------------------

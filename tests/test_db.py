@@ -35,7 +35,7 @@ def conn(database_url: str) -> Iterator[psycopg.Connection[Any]]:
 
 @pytest.fixture
 def migrated(conn: psycopg.Connection[Any]) -> psycopg.Connection[Any]:
-    db.apply_migrations(conn)
+    db.migrate(conn, Target(), may_create_table=True)
     db.create_results_table(conn, DEFAULT)
     return conn
 
@@ -166,7 +166,7 @@ def test_connection_is_autocommit_and_described_without_password(
 def test_terminated_backend_surfaces_as_a_retryable_error(
     conn: psycopg.Connection[Any], pg_admin_url: str
 ) -> None:
-    db.apply_migrations(conn)
+    db.migrate(conn, Target(), may_create_table=True)
     conn.execute("INSERT INTO images (url) VALUES ('http://h/1')")
     with psycopg.connect(pg_admin_url, autocommit=True) as admin:
         admin.execute("SELECT pg_terminate_backend(%s)", (conn.info.backend_pid,))
@@ -179,7 +179,7 @@ def test_terminated_backend_surfaces_as_a_retryable_error(
 def test_write_on_a_terminated_connection_is_retryable(
     conn: psycopg.Connection[Any], pg_admin_url: str
 ) -> None:
-    db.apply_migrations(conn)
+    db.migrate(conn, Target(), may_create_table=True)
     db.create_results_table(conn, DEFAULT)
     conn.execute("INSERT INTO images (url) VALUES ('http://h/1')")
     (row,) = db.fetch_page(conn, DEFAULT, after_id=None, limit=10)

@@ -1,4 +1,4 @@
-"""The shipped migrations against a real PostgreSQL: idempotent, safe on a live table, complete."""
+"""The migration steps against a real PostgreSQL: idempotent, safe on a live table, complete."""
 
 from __future__ import annotations
 
@@ -12,16 +12,21 @@ import psycopg
 import pytest
 
 from backfill_quality import db
-from backfill_quality.db.migration_files import migration_files, split_statements
-from backfill_quality.errors import DatabaseError
+from backfill_quality.config import Target
+from backfill_quality.db.migrate import _carry_out
+from backfill_quality.db.migration_steps import resolve_subject
+from backfill_quality.errors import ConfigError, DatabaseError, MigrationBlockedError
+from tests.support.sqlscript import split_statements
 
-ALL_MIGRATIONS = [
-    "001_images_table.sql",
-    "002_quality_score.sql",
-    "003_unscored_index.sql",
-    "004_notify_trigger.sql",
-    "005_shard_plan.sql",
-]
+ALL_STEPS = [step.name for step in db.STEPS]
+DEFAULT = Target()
+
+
+def apply(conn: psycopg.Connection[Any], **options: Any) -> list[str]:
+    """Every step for the default table (created if absent, with the watch triggers); the
+    names of the steps that created something."""
+    plans = db.migrate(conn, DEFAULT, may_create_table=True, with_watch=True, **options)
+    return [plan.step for plan in plans if plan.outcome == "created"]
 
 
 @pytest.fixture
@@ -51,35 +56,22 @@ def schema_snapshot(conn: psycopg.Connection[Any]) -> list[tuple[Any, ...]]:
     ).fetchall()
 
 
-def test_migrations_apply_in_order_then_nothing_on_a_second_run(
+def test_steps_create_everything_then_nothing_on_a_second_run(
     conn: psycopg.Connection[Any],
 ) -> None:
-    assert db.apply_migrations(conn) == ALL_MIGRATIONS
+    assert apply(conn) == ALL_STEPS
     before = schema_snapshot(conn)
-    assert db.apply_migrations(conn) == []
-    assert schema_snapshot(conn) == before
-    recorded = conn.execute("SELECT name FROM backfill_quality_migrations ORDER BY name")
-    assert [name for (name,) in recorded.fetchall()] == ALL_MIGRATIONS
-
-
-def test_sql_itself_is_idempotent_without_the_tracking_table(
-    conn: psycopg.Connection[Any],
-) -> None:
-    db.apply_migrations(conn)
-    before = schema_snapshot(conn)
-    conn.execute("DROP TABLE backfill_quality_migrations")
-    assert db.apply_migrations(conn) == ALL_MIGRATIONS
+    assert apply(conn) == []
     assert schema_snapshot(conn) == before
 
 
 def test_a_database_migrated_by_an_older_version_gets_only_the_shard_plan(
     conn: psycopg.Connection[Any],
 ) -> None:
-    db.apply_migrations(conn)
+    apply(conn)
     conn.execute("DROP TABLE backfill_quality_shard_plan")
-    conn.execute("DELETE FROM backfill_quality_migrations WHERE name = '005_shard_plan.sql'")
 
-    assert db.apply_migrations(conn) == ["005_shard_plan.sql"]
+    assert apply(conn) == ["shard-plan"]
 
     conn.execute(
         "INSERT INTO backfill_quality_shard_plan (target, shard_count, low, high)"
@@ -93,7 +85,7 @@ def test_a_database_migrated_by_an_older_version_gets_only_the_shard_plan(
 
 
 def test_schema_matches_the_original_migration_015(conn: psycopg.Connection[Any]) -> None:
-    db.apply_migrations(conn)
+    apply(conn)
     column = conn.execute(
         "SELECT data_type, is_nullable, column_default FROM information_schema.columns"
         " WHERE table_name = 'images' AND column_name = 'quality_score'"
@@ -126,7 +118,7 @@ def test_schema_matches_the_original_migration_015(conn: psycopg.Connection[Any]
 
 
 def test_constraint_rejects_scores_outside_0_to_100(conn: psycopg.Connection[Any]) -> None:
-    db.apply_migrations(conn)
+    apply(conn)
     for score in (None, 0, 100):
         conn.execute("INSERT INTO images (url, quality_score) VALUES ('u', %s)", (score,))
     for score in (101, -1):
@@ -150,13 +142,13 @@ def test_constraint_rejects_scores_outside_0_to_100(conn: psycopg.Connection[Any
 def test_get_quality_category(
     conn: psycopg.Connection[Any], score: int | None, category: str | None
 ) -> None:
-    db.apply_migrations(conn)
+    apply(conn)
     row = conn.execute("SELECT get_quality_category(%s::integer)", (score,)).fetchone()
     assert row == (category,)
 
 
 def test_get_quality_category_is_immutable_varchar(conn: psycopg.Connection[Any]) -> None:
-    db.apply_migrations(conn)
+    apply(conn)
     row = conn.execute(
         "SELECT provolatile, pg_get_function_result(oid) FROM pg_proc"
         " WHERE proname = 'get_quality_category'"
@@ -180,7 +172,7 @@ def test_existing_table_keeps_rows_and_columns_and_is_not_rewritten(
     ).fetchone()
     filenode = conn.execute("SELECT pg_relation_filenode('images')").fetchone()
 
-    assert db.apply_migrations(conn) == ALL_MIGRATIONS
+    assert apply(conn) == ALL_STEPS[1:]  # every step but `table`
 
     after = conn.execute(
         "SELECT md5(string_agg(id::text || url || title || width, ',' ORDER BY id)) FROM images"
@@ -206,7 +198,7 @@ def test_database_migrated_by_the_original_gets_no_second_constraint(
         " CHECK (quality_score IS NULL OR quality_score BETWEEN 0 AND 100)"
     )
     conn.execute("INSERT INTO images VALUES (gen_random_uuid(), 'u', 77)")
-    db.apply_migrations(conn)
+    apply(conn)
     checks = conn.execute(
         "SELECT conname FROM pg_constraint WHERE conrelid = 'images'::regclass AND contype = 'c'"
     ).fetchall()
@@ -217,9 +209,8 @@ def test_database_migrated_by_the_original_gets_no_second_constraint(
 def test_invalid_index_left_by_an_interrupted_build_is_rebuilt(
     conn: psycopg.Connection[Any],
 ) -> None:
-    db.apply_migrations(conn)
+    apply(conn)
     conn.execute("DROP INDEX idx_images_quality_score_null")
-    conn.execute("DELETE FROM backfill_quality_migrations WHERE name = '003_unscored_index.sql'")
     conn.execute("INSERT INTO images (url) VALUES ('same'), ('same')")
     # A failed CONCURRENTLY build leaves its index behind, marked INVALID (as an interrupted
     # one does); this one is unique on duplicate urls, so it must fail.
@@ -231,7 +222,7 @@ def test_invalid_index_left_by_an_interrupted_build_is_rebuilt(
     invalid = "SELECT indisvalid FROM pg_index WHERE indexrelid = %s::regclass"
     assert conn.execute(invalid, ("idx_images_quality_score_null",)).fetchone() == (False,)
 
-    assert db.apply_migrations(conn) == ["003_unscored_index.sql"]
+    assert apply(conn) == ["unscored-index"]
 
     assert conn.execute(invalid, ("idx_images_quality_score_null",)).fetchone() == (True,)
     definition = conn.execute(
@@ -243,15 +234,48 @@ def test_invalid_index_left_by_an_interrupted_build_is_rebuilt(
     )
 
 
-def test_a_failing_statement_is_reported_and_the_file_not_recorded(
+def test_a_view_is_refused_before_anything_changes(conn: psycopg.Connection[Any]) -> None:
+    conn.execute("CREATE VIEW images AS SELECT gen_random_uuid() AS id, 'u'::text AS url")
+    before = schema_snapshot(conn)
+    with pytest.raises(ConfigError, match=r"images is not a table"):
+        apply(conn)
+    assert schema_snapshot(conn) == before
+    assert conn.execute("SELECT to_regclass('backfill_quality_shard_plan')").fetchone() == (None,)
+
+
+def test_a_failing_statement_names_its_step_and_the_steps_before_it_stay(
     conn: psycopg.Connection[Any],
 ) -> None:
-    conn.execute("CREATE VIEW images AS SELECT gen_random_uuid() AS id, 'u'::text AS url")
-    with pytest.raises(DatabaseError, match=r"002_quality_score\.sql.*migrate` again"):
-        db.apply_migrations(conn)
-    recorded = conn.execute("SELECT name FROM backfill_quality_migrations").fetchall()
-    assert recorded == [("001_images_table.sql",)]
+    conn.execute("CREATE TABLE images (id uuid PRIMARY KEY, url text NOT NULL)")
+    # a table of the index's name in the schema: the planner sees it is not the index
+    conn.execute("CREATE TABLE idx_images_quality_score_null (x int)")
+    with pytest.raises(ConfigError, match=r"public\.idx_images_quality_score_null already exists"):
+        apply(conn)
+    assert conn.execute("SELECT to_regclass('images_quality_score_check')").fetchone() == (None,)
+    columns = conn.execute(
+        "SELECT count(*) FROM information_schema.columns WHERE table_name = 'images'"
+    ).fetchone()
+    assert columns == (2,), "refused while planning: not even the column was added"
     assert conn.execute("SHOW lock_timeout").fetchone() == ("0",)
+
+
+def test_a_row_written_between_the_count_and_the_validation_undoes_the_step(
+    conn: psycopg.Connection[Any],
+) -> None:
+    conn.execute("CREATE TABLE images (id integer PRIMARY KEY, url text, quality_score integer)")
+    conn.execute("INSERT INTO images VALUES (1, 'u', 50)")
+    subject = resolve_subject(conn, DEFAULT, may_create_table=False, with_watch=False)
+    (plan,) = [p for p in db.plan_migration(conn, DEFAULT) if p.step == "score-check"]
+    conn.execute("INSERT INTO images VALUES (2, 'u', 250)")  # after the planner counted
+
+    with pytest.raises(MigrationBlockedError, match=r"1 row of public\.images has"):
+        _carry_out(conn, plan, lambda: subject, (), lambda message: None)
+
+    constraints = conn.execute(
+        "SELECT conname FROM pg_constraint WHERE conrelid = 'images'::regclass AND contype = 'c'"
+    ).fetchall()
+    assert constraints == [], "the NOT VALID constraint was dropped again"
+    conn.execute("INSERT INTO images VALUES (3, 'u', 300)")  # the application is not affected
 
 
 @contextmanager
@@ -277,21 +301,19 @@ def images_locked_elsewhere(
         holder.join()
 
 
-def test_a_lock_held_elsewhere_is_waited_for_briefly_then_the_file_retried(
+def test_a_lock_held_elsewhere_is_waited_for_briefly_then_the_step_retried(
     conn: psycopg.Connection[Any], database_url: str
 ) -> None:
     waits: list[str] = []
     with images_locked_elsewhere(conn, database_url, 3.0):
         started = time.monotonic()
-        applied = db.apply_migrations(
-            conn, lock_retry_delays_s=(0.5, 1.0, 1.0, 2.0), on_lock_wait=waits.append
-        )
+        applied = apply(conn, lock_retry_delays_s=(0.5, 1.0, 1.0, 2.0), on_lock_wait=waits.append)
         waited_s = time.monotonic() - started
 
-    assert applied == ALL_MIGRATIONS  # 002 (ALTER TABLE) waited out the lock, then went through
+    assert applied == ALL_STEPS[1:]  # the column's ALTER TABLE waited out the lock, then went on
     assert waited_s >= 2.5
     assert waits and waits[0] == (
-        "002_quality_score.sql: the table is locked by another session; trying again in 0.5s"
+        "score-column: the table is locked by another session; trying again in 0.5s"
         " (attempt 2 of 5)"
     )
     assert conn.execute("SHOW lock_timeout").fetchone() == ("0",)
@@ -302,22 +324,18 @@ def test_a_lock_held_longer_than_every_retry_is_a_clear_error(
 ) -> None:
     with (
         images_locked_elsewhere(conn, database_url, 6.0),
-        pytest.raises(DatabaseError, match=r"002_quality_score\.sql.*lock"),
+        pytest.raises(DatabaseError, match=r"migration step score-column: .*locked"),
     ):
-        db.apply_migrations(conn, lock_retry_delays_s=(0.1,))
-    recorded = conn.execute("SELECT name FROM backfill_quality_migrations ORDER BY name")
-    assert recorded.fetchall() == [("001_images_table.sql",)]
+        apply(conn, lock_retry_delays_s=(0.1,))
+    columns = conn.execute(
+        "SELECT column_name FROM information_schema.columns WHERE table_name = 'images'"
+    ).fetchall()
+    assert sorted(columns) == [("id",), ("url",)]
 
 
 def test_migrations_need_an_autocommit_connection(database_url: str) -> None:
     with psycopg.connect(database_url) as plain, pytest.raises(DatabaseError, match="autocommit"):
-        db.apply_migrations(plain)
-
-
-def test_migration_files_ship_in_the_package() -> None:
-    names = [name for name, _ in migration_files()]
-    assert names == ALL_MIGRATIONS
-    assert all(text.strip() for _, text in migration_files())
+        db.migrate(plain, DEFAULT)
 
 
 def test_split_statements_respects_quotes_comments_and_dollar_bodies() -> None:

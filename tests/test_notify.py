@@ -207,7 +207,7 @@ def test_a_run_that_cannot_start_still_notifies(
     [body] = hooks.payloads("/ok")
     assert body["event"] == "run.failed" and body["exitStatus"] == 2
     assert "'nope' does not exist" in body["error"] and body["shard"] == "1/2"
-    assert body["checkpointPath"].endswith(".backfill-progress.shard-1-of-2.json")
+    assert body["checkpointPath"].endswith(".backfill-progress.nope.shard-1-of-2.json")
 
 
 def test_a_bad_notify_url_is_a_usage_error_before_anything_runs(

@@ -13,6 +13,7 @@ from backfill_quality.config import FetchSettings, RunSettings, Target
 from backfill_quality.demo.imageserver import ImageServer
 from backfill_quality.demo.synthetic import make_bird_image
 from backfill_quality.errors import ConfigError
+from backfill_quality.fetching.controller import LevelChange
 from backfill_quality.models import Outcome, RunSummary
 from backfill_quality.pipeline.checkpoint import Checkpoint, load_checkpoint
 from backfill_quality.pipeline.runner import Runner
@@ -27,8 +28,17 @@ class RecordingReporter:
         self.pages = 0
         self.checkpoints: list[int] = []  # rows processed, as told at each page_done
         self.total: int | None = None
+        self.levels: list[LevelChange] = []  # the downloads in flight, first one and moves
 
-    def start(self, *, total: int, resumed_from: object, dry_run: bool) -> None:
+    def start(
+        self,
+        *,
+        total: int,
+        resumed_from: object,
+        dry_run: bool,
+        started_s: float,
+        limit: int | None = None,
+    ) -> None:
         self.total = total
 
     def row_done(self, outcome: Outcome) -> None:
@@ -37,6 +47,9 @@ class RecordingReporter:
     def page_done(self, checkpoint: Checkpoint) -> None:
         self.pages += 1
         self.checkpoints.append(checkpoint.processed)
+
+    def level_changed(self, change: LevelChange) -> None:
+        self.levels.append(change)
 
     def info(self, message: str) -> None:
         self.messages.append(message)
@@ -61,7 +74,7 @@ def bird_url(image_server: ImageServer) -> str:
 
 def fill(database_url: str, urls: list[str]) -> None:
     with db.connect(database_url) as conn:
-        db.apply_migrations(conn)
+        db.migrate(conn, Target(), may_create_table=True)
         db.create_results_table(conn, Target())
         with conn.cursor() as cur:
             cur.executemany("INSERT INTO images (url) VALUES (%s)", [(u,) for u in urls])
@@ -180,7 +193,11 @@ def test_row_scored_by_someone_else_is_skipped_not_overwritten(
     import threading
 
     def score_it_meanwhile() -> None:
-        time.sleep(0.7)
+        # once the run is downloading the image (it answers after 1.5 s), never on a clock: a
+        # busy machine may take longer than any fixed pause to load the models and read the page
+        deadline = time.monotonic() + 60
+        while image_server.hits("/slow/1500") == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
         with psycopg.connect(database_url, autocommit=True) as conn:
             conn.execute("UPDATE images SET quality_score = 7")
 

@@ -25,8 +25,10 @@ PARTIAL_INDEX = "idx_images_quality_score_null"
 UUID_QUARTER = (1 << 128) // 4
 
 
-def shard_checkpoint(folder: Path, index: int, count: int) -> Path:
-    return folder / f".backfill-progress.shard-{index}-of-{count}.json"
+def shard_checkpoint(folder: Path, index: int, count: int, table: str = "images") -> Path:
+    """A shard's checkpoint file (the table's name is in it unless it is `images`)."""
+    tag = "" if table == "images" else f".{table}"
+    return folder / f".backfill-progress{tag}.shard-{index}-of-{count}.json"
 
 
 def run_shard(
@@ -148,7 +150,7 @@ def test_integer_workers_started_apart_while_rows_arrive_leave_no_gap(
 
     assert [first.exit_code, second.exit_code] == [0, 0], (first.stderr, second.stderr)
     for index in (0, 1):
-        assert read_checkpoint(shard_checkpoint(tmp_path, index, 2))["finished"] is True
+        assert read_checkpoint(shard_checkpoint(tmp_path, index, 2, "photos"))["finished"] is True
     middle = 7 + (140 - 7 + 1) // 2  # shard 1/2 starts here, as the first worker planned
     naive_start = 7 + (420 - 7 + 1) // 2  # where bounds read by the second worker would start
     gap = {r.id for r in early + late if middle <= int(r.id) < naive_start}

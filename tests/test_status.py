@@ -11,11 +11,12 @@ import pytest
 
 from backfill_quality import db
 from backfill_quality.config import Target
+from backfill_quality.demo.imageserver import ImageServer
 from backfill_quality.pipeline import status
 from backfill_quality.pipeline.checkpoint import Checkpoint, FailedImage, save_checkpoint
-from tests.support.cli import CliResult, run_cli
+from tests.support.cli import CliResult, read_checkpoint, run_cli
 from tests.support.pg import with_database
-from tests.support.table import UserTable, apply_migrations
+from tests.support.table import UserTable, apply_migrations, serve_valid_images
 
 SCORES = [5, 15, 15, 42, 59, 60, 61, 79, 80, 80, 99, 100]
 """Deciles 0,1,1,4,5,6,6,7,8,8,9,9 → low 5, medium 3, high 4."""
@@ -108,6 +109,7 @@ def test_every_shard_dry_run_and_broken_checkpoint_is_listed(
     assert by_name[".backfill-progress.dry-run.json"]["dryRun"] is True
     assert report["shards"] == [
         {
+            "target": "",
             "count": 3,
             "dryRun": False,
             "present": [0, 2],
@@ -181,3 +183,70 @@ def test_exact_option_is_accepted_and_matches(tmp_path: Path, database_url: str)
     assert result.exit_code == 0, result.output
     assert report["table"]["distribution"] == table.category_counts()
     assert report["table"]["unscored"] == 7 and report["table"]["scored"] == len(SCORES)
+
+
+def test_each_table_keeps_its_own_default_checkpoint_and_status_lists_them_with_their_target(
+    tmp_path: Path, database_url: str, image_server: ImageServer
+) -> None:
+    images = UserTable(database_url).create(with_score_column=False)
+    apply_migrations(database_url)  # the score column of `images`
+    photos = UserTable(database_url, name="photos").create()
+    images_valid = serve_valid_images(image_server, 3, prefix="images")
+    images.insert(list(images_valid))
+    images_broken = images.insert([image_server.url("/status/404")])
+    photos.insert(list(serve_valid_images(image_server, 2, prefix="photos")))
+    photos_broken = photos.insert([image_server.url("/status/500")])
+    fast = ("--retries", "0", "--timeout", "5", "--workers", "1")
+
+    first = run_cli("run", *fast, cwd=tmp_path, database_url=database_url)
+    assert first.exit_code == 3, first.output
+    images_path = tmp_path / ".backfill-progress.json"  # the SPEC's default, for `images`
+    images_before = images_path.read_bytes()
+    second = run_cli("run", *fast, *photos.cli_options(), cwd=tmp_path, database_url=database_url)
+
+    assert second.exit_code == 3, second.output
+    assert images_path.read_bytes() == images_before, "a run over photos replaced images' file"
+    images_checkpoint = read_checkpoint(images_path)
+    assert [e["id"] for e in images_checkpoint["failedImages"]] == [images_broken[0].id]
+    photos_path = tmp_path / ".backfill-progress.photos.json"
+    photos_checkpoint = read_checkpoint(photos_path)
+    assert [e["id"] for e in photos_checkpoint["failedImages"]] == [photos_broken[0].id]
+    assert f"Checkpoint: {photos_path.name}" in second.stderr
+
+    result, report = status_json(tmp_path, database_url)
+    assert result.exit_code == 0, result.output
+    listed = {Path(c["path"]).name: c["target"] for c in report["checkpoints"]}
+    assert set(listed) == {images_path.name, photos_path.name}
+    assert " images(id,url→quality_score)" in listed[images_path.name]
+    assert " photos(id,url→quality_score)" in listed[photos_path.name]
+    text = run_cli("status", cwd=tmp_path, database_url=database_url)
+    assert text.exit_code == 0, text.output
+    lines = {
+        line.split(" ", 1)[0]: line for line in text.stdout.splitlines() if ".backfill" in line
+    }
+    assert "photos(id,url" in lines[photos_path.name], text.stdout
+    assert "images(id,url" in lines[images_path.name], text.stdout
+
+
+def test_shard_totals_are_per_table(tmp_path: Path) -> None:
+    for table, processed in (("images", 10), ("photos", 30)):
+        for index in range(2):
+            checkpoint = Checkpoint(
+                fingerprint=f"{table}{index}".ljust(16, "0"),
+                dry_run=False,
+                total=50,
+                processed=processed,
+                shard=f"{index}/2",
+            )
+            checkpoint.target = f"h:5432/db {table}(id,url→quality_score) shard {index}/2"
+            path = tmp_path / f".backfill-progress.{table}.shard-{index}-of-2.json"
+            save_checkpoint(path, checkpoint)
+
+    groups = status.group_shards(status.find_checkpoints(tmp_path / ".backfill-progress.json"))
+
+    assert [(g.processed, g.total, g.present) for g in groups] == [
+        (20, 100, [0, 1]),
+        (60, 100, [0, 1]),
+    ]
+    assert "images(" in groups[0].target and "shard" not in groups[0].target
+    assert "photos(" in groups[1].target

@@ -45,7 +45,7 @@ class Watch:
             time.sleep(0.05)
         raise AssertionError(f"no such event in {timeout_s}s: {self.log.read_text()}")
 
-    def stop(self, signum: int, timeout_s: float = 15.0) -> int:
+    def stop(self, signum: int, timeout_s: float = 60.0) -> int:
         self.process.send_signal(signum)
         return self.process.wait(timeout=timeout_s)
 
@@ -143,6 +143,7 @@ def test_without_the_trigger_the_poll_finds_rows_and_failed_rows_wait(
     assert code == 130, events
     warnings = [e["message"] for e in events if e["event"] == "warning"]
     assert any("no backfill_quality_notify trigger" in w for w in warnings), warnings
+    assert any("`backfill-quality migrate --watch --table photos`" in w for w in warnings), warnings
     assert table.scores()[broken[0].id] is None
     assert image_server.hits("/status/404") == 1, "a failed row is held back, not refetched"
     assert sum(b["succeeded"] for b in bodies) == 2 and sum(b["failed"] for b in bodies) == 1
@@ -159,7 +160,7 @@ def test_the_trigger_notifies_and_a_new_url_resets_a_stale_score(database_url: s
         psycopg.connect(database_url, autocommit=True) as listener,
         psycopg.connect(database_url, autocommit=True) as conn,
     ):
-        listener.execute("LISTEN backfill_quality")
+        listener.execute('LISTEN "backfill_quality:public.images"')
         new_id = conn.execute("INSERT INTO images (url) VALUES ('http://h/1') RETURNING id")
         row_id = str(new_id.fetchone()[0])  # type: ignore[index]
         conn.execute("INSERT INTO images (url, quality_score) VALUES ('http://h/2', 90)")
@@ -175,6 +176,38 @@ def test_the_trigger_notifies_and_a_new_url_resets_a_stale_score(database_url: s
         conn.execute("UPDATE images SET url = url WHERE id = %s", (row_id,))  # no change
         payloads = [n.payload for n in listener.notifies(timeout=1.0, stop_after=5)]
     assert payloads == [row_id, row_id]  # the insert, the reset; not scored rows or no-ops
+
+
+def test_a_table_in_another_schema_is_watched_through_its_own_channel(
+    tmp_path: Path, database_url: str, image_server: ImageServer
+) -> None:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute('CREATE SCHEMA "Media"')
+    table = UserTable(database_url, schema="Media", name="photos", id_type="integer").create()
+    other = UserTable(database_url).create()  # a second watched table must not wake this watch
+    options = table.cli_options()
+    for target in (options, other.cli_options()):
+        migrated = run_cli("migrate", "--watch", *target, cwd=tmp_path, database_url=database_url)
+        assert migrated.exit_code == 0, migrated.output
+    url = next(iter(serve_valid_images(image_server, 1)))
+
+    def cycles(watch: Watch) -> int:
+        return sum(e["event"] == "start" for e in watch.events())
+
+    with watching(tmp_path, database_url, "--poll-interval", "60", *options) as watch:
+        time.sleep(1.0)  # the first cycle, if any, is over
+        idle = cycles(watch)
+        other.insert(["http://127.0.0.1:9/elsewhere.jpg"])
+        time.sleep(1.5)
+        woken_by_other = cycles(watch) - idle
+        delay = wait_until_scored(table, table.insert([url]), SCORE_BOUND_S)
+        code = watch.stop(signal.SIGINT)
+        events = watch.events()
+
+    assert code == 130, events
+    assert delay < SCORE_BOUND_S  # with a 60 s poll: the notification did it
+    assert woken_by_other == 0, "another table's inserts notify another channel"
+    assert any('watching "Media".photos: LISTEN' in e.get("message", "") for e in events), events
 
 
 @pytest.mark.parametrize(

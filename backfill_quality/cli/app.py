@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import signal
 import sys
+import threading
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from types import TracebackType
+from typing import Annotated, Any
 
 import typer
+import typer.core
 
+from backfill_quality import __version__
 from backfill_quality.errors import BackfillError
 from backfill_quality.redaction import redact
 
@@ -20,13 +26,96 @@ EXIT_OK = 0
 EXIT_FATAL = 1
 EXIT_USAGE = 2
 EXIT_SOME_FAILED = 3
+EXIT_LOCKED = 4
+"""Another run or watch holds the target's lock (errors.TargetLockedError)."""
 
 # psycopg warns through `logging` when a pipeline ends on a dead connection ("error ignored
 # terminating <psycopg.Pipeline [BAD]>"); the tool already reports the loss and reconnects, and
 # with no logging configured Python would print that raw line into our text or JSON output.
 logging.getLogger("psycopg").setLevel(logging.ERROR)
 
-app = typer.Typer(
+HELP_OPTION_NAMES = ["-h", "--help"]
+
+
+def reflow(text: str | None) -> str | None:
+    """Help text with each paragraph on one line, so the terminal (not the source file's line
+    length) decides where it wraps; a paragraph that starts with \\b keeps its line breaks."""
+    if not text:
+        return text
+    paragraphs = inspect.cleandoc(text).split("\n\n")
+    return "\n\n".join(p if p.startswith("\b") else " ".join(p.split()) for p in paragraphs)
+
+
+def _no_type(ctx: Any) -> None:
+    return None
+
+
+def _without_type_placeholders(params: list[Any]) -> list[Any]:
+    """A flag takes no value: show no `<bool>` after it in the help; an argument with a metavar
+    already says what it takes: no `<list[str]>` beside it."""
+    for param in params:
+        if getattr(param, "is_flag", False) and getattr(param, "metavar", None) is None:
+            param.metavar = ""
+        elif isinstance(param, typer.core.TyperArgument) and param.metavar:
+            param.display_type_rich = _no_type  # type: ignore[method-assign]
+    return params
+
+
+class Command(typer.core.TyperCommand):
+    """Every command: help paragraphs that wrap to the terminal, flags without a placeholder."""
+
+    def __init__(self, name: str | None, **kwargs: Any) -> None:
+        kwargs["help"] = reflow(kwargs.get("help"))
+        super().__init__(name, **kwargs)
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _without_type_placeholders(super().get_params(ctx))
+
+
+class Group(typer.core.TyperGroup):
+    """The top level, drawn like the commands."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _without_type_placeholders(super().get_params(ctx))
+
+
+class App(typer.Typer):
+    """A Typer whose commands are `Command`s by default. (-h comes from the context settings,
+    --version from each command's `Version` parameter; tests/test_cli_help.py walks every
+    command for both.)"""
+
+    def command(  # type: ignore[override]
+        self,
+        name: str | None = None,
+        *,
+        cls: type[typer.core.TyperCommand] | None = None,
+        **kwargs: Any,
+    ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        return super().command(name, cls=cls or Command, **kwargs)
+
+
+def show_version(value: bool) -> None:
+    """--version: print the version and stop (an eager option, before any other is checked)."""
+    if value:
+        print(f"backfill-quality {__version__}")
+        raise typer.Exit(EXIT_OK)
+
+
+Version = Annotated[
+    bool,
+    typer.Option(
+        "--version",
+        is_eager=True,
+        expose_value=False,
+        callback=show_version,
+        help="Print the version and exit.",
+    ),
+]
+
+
+app = App(
+    cls=Group,
+    context_settings={"help_option_names": HELP_OPTION_NAMES},
     name="backfill-quality",
     help=(
         "Score every unscored image in a PostgreSQL table (0-100, high >= 80, medium 60-79, "
@@ -81,10 +170,33 @@ def error_boundary(*, verbose: bool = False, as_json: bool = False) -> Iterator[
         raise fail(message, as_json=as_json) from None
 
 
+@app.callback()
+def _top_level(version: Version = False) -> None:
+    # no docstring: the help of the top level is the one given to App() above
+    pass
+
+
+def _print_uncaught(
+    kind: type[BaseException], exc: BaseException, tb: TracebackType | None
+) -> None:
+    """The last net: an exception no boundary caught is printed redacted, like everything."""
+    text = "".join(traceback.format_exception(kind, exc, tb))
+    print(redact(text), file=sys.stderr, end="")
+
+
+def _print_uncaught_in_thread(args: threading.ExceptHookArgs) -> None:
+    if args.exc_value is not None:
+        _print_uncaught(args.exc_type, args.exc_value, args.exc_traceback)
+
+
 def main() -> None:
     """Console-script entry point."""
+    threading.excepthook = _print_uncaught_in_thread
     try:
         app()
+    except Exception as exc:  # a bug no error boundary caught (Typer resets sys.excepthook)
+        _print_uncaught(type(exc), exc, exc.__traceback__)
+        sys.exit(EXIT_FATAL)
     finally:
         # Everything is done and reported: a Ctrl+C now would only land in the interpreter's
         # exit handlers (multiprocessing's), which print it as a traceback.

@@ -1,49 +1,105 @@
-"""`backfill-quality migrate`: apply the SQL files of migrations/ (idempotent)."""
+"""`backfill-quality migrate`: the score column, its CHECK, indexes (and, on request, the watch
+triggers) for the target table; each step says what it did. Safe to re-run."""
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
-from backfill_quality import db
 from backfill_quality.cli import options as o
 from backfill_quality.cli.app import app, error_boundary
-from backfill_quality.config import Target
+from backfill_quality.errors import ConfigError
 from backfill_quality.redaction import register_database_secrets
 
 MIGRATE_EPILOG = """Examples:
 
   DATABASE_URL=postgresql://app@db/prod backfill-quality migrate
 
-  backfill-quality migrate --table photos --id-column photo_id   # + photos_quality_results
+  backfill-quality migrate --table media.photos --url-column src --score-column quality
+
+  backfill-quality migrate --watch --sql     # print what it would run, change nothing
 """
 
 
 @app.command(epilog=MIGRATE_EPILOG)
 def migrate(
     database_url: o.DatabaseUrl = "",
-    table: o.Table = o.DEFAULT_TABLE,
+    table: Annotated[
+        str | None,
+        typer.Option(
+            "--table",
+            metavar="NAME",
+            help="Table holding the images: TABLE or SCHEMA.TABLE, found through the "
+            "search_path like any SQL name. Not given: `images`, created for the demo only "
+            "when no table of that name exists.",
+            show_default=False,
+            rich_help_panel=o.DB_PANEL,
+        ),
+    ] = None,
     id_column: o.IdColumn = o.DEFAULT_ID_COLUMN,
+    url_column: o.UrlColumn = o.DEFAULT_URL_COLUMN,
+    score_column: o.ScoreColumn = o.DEFAULT_SCORE_COLUMN,
+    watch: Annotated[
+        bool,
+        typer.Option(
+            "--watch",
+            help="Also install the triggers `watch` listens to: NOTIFY on insert, and a "
+            "changed url resets the score.",
+        ),
+    ] = False,
+    as_sql: Annotated[
+        bool,
+        typer.Option("--sql", help="Print the SQL statements it would run; change nothing."),
+    ] = False,
     verbose: o.Verbose = False,
+    quiet: Annotated[
+        bool,
+        typer.Option(
+            "--quiet", "-q", help="Print nothing but errors.", rich_help_panel=o.OUTPUT_PANEL
+        ),
+    ] = False,
+    version: o.Version = False,
 ) -> None:
-    """Create the score column, its CHECK, indexes, get_quality_category() and the results
-    table — safe to re-run.
+    """Create the score column, its CHECK, indexes and get_quality_category() — safe to re-run.
 
-    Adds nothing that rewrites the table or holds a long lock; the index of unscored rows is built
-    CONCURRENTLY so writers are never blocked. The results table `<table>_quality_results` (what
-    each score was made of) is created beside --table, keyed by --id-column.
+    Each step says what it did: created, already present, or skipped. Nothing rewrites the table
+    or holds a long lock; the indexes are built CONCURRENTLY so writers are never blocked. A step
+    that cannot complete (scores outside 0-100) stops migrate before it changes anything.
     """
     with error_boundary(verbose=verbose):
+        if verbose and quiet:
+            raise ConfigError("--verbose and --quiet cannot be used together")
         register_database_secrets(database_url)
-        target = Target(table=table, id_column=id_column)
+        target = o.make_target(table or o.DEFAULT_TABLE, id_column, url_column, score_column)
+        from backfill_quality import db  # psycopg: not for --help
+
         with db.connect(database_url) as conn:
-            applied = db.apply_migrations(conn, on_lock_wait=_say_waiting)
+            if as_sql:
+                plans = db.plan_migration(
+                    conn, target, may_create_table=table is None, with_watch=watch
+                )
+                typer.echo(db.render_sql(conn, target, plans), nl=False)
+                return
+            plans = db.migrate(
+                conn,
+                target,
+                may_create_table=table is None,
+                with_watch=watch,
+                on_lock_wait=_ignore if quiet else _say_waiting,
+            )
             results = db.create_results_table(conn, target)
-        for name in applied:
-            typer.echo(f"applied {name}")
+        if quiet:
+            return
+        width = max(len(plan.step) for plan in plans) + 1
+        for plan in plans:
+            typer.echo(f"{plan.step + ':':<{width}} {plan.outcome} — {plan.detail}")
         typer.echo(f"results table {db.results_label(target)}: {results}")
-        if not applied and results == "already present":
-            typer.echo("Database schema is up to date: nothing to apply.")
 
 
 def _say_waiting(message: str) -> None:
     typer.echo(f"waiting: {message}", err=True)
+
+
+def _ignore(message: str) -> None:
+    pass

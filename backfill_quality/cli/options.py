@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from backfill_quality import config
+from backfill_quality.cli.app import Version as Version  # beside the top level's --version
 
 
 class LogFormat(StrEnum):
@@ -28,27 +29,47 @@ DatabaseUrl = Annotated[
     typer.Option(
         "--database-url",
         envvar="DATABASE_URL",
+        metavar="URL",
         help="libpq URI or key=value string; empty: the usual PG* variables.",
         show_default=False,
         rich_help_panel=DB_PANEL,
     ),
 ]
 Table = Annotated[
-    str, typer.Option("--table", help="Table holding the images.", rich_help_panel=DB_PANEL)
+    str,
+    typer.Option(
+        "--table",
+        metavar="NAME",
+        help="Table holding the images: TABLE or SCHEMA.TABLE (media.photos; double-quote a "
+        'part with a dot: "My Schema"."photos.v2"), found through the search_path.',
+        rich_help_panel=DB_PANEL,
+    ),
 ]
 IdColumn = Annotated[
     str,
     typer.Option(
-        "--id-column", help="Primary key column (uuid, integer or text).", rich_help_panel=DB_PANEL
+        "--id-column",
+        metavar="COLUMN",
+        help="Primary key column (uuid, integer or text).",
+        rich_help_panel=DB_PANEL,
     ),
 ]
 UrlColumn = Annotated[
-    str, typer.Option("--url-column", help="Column with the image URL.", rich_help_panel=DB_PANEL)
+    str,
+    typer.Option(
+        "--url-column",
+        metavar="COLUMN",
+        help="Column with the image URL.",
+        rich_help_panel=DB_PANEL,
+    ),
 ]
 ScoreColumn = Annotated[
     str,
     typer.Option(
-        "--score-column", help="Integer column the score is written to.", rich_help_panel=DB_PANEL
+        "--score-column",
+        metavar="COLUMN",
+        help="Integer column the score is written to.",
+        rich_help_panel=DB_PANEL,
     ),
 ]
 CheckpointPath = Annotated[
@@ -56,7 +77,8 @@ CheckpointPath = Annotated[
     typer.Option(
         "--checkpoint",
         envvar="BACKFILL_CHECKPOINT",
-        help="Checkpoint file (dry runs and shards use a sibling file).",
+        metavar="PATH",
+        help="Checkpoint file (another table, a shard or a dry run uses a sibling file).",
         dir_okay=False,
     ),
 ]
@@ -88,17 +110,42 @@ BatchSize = Annotated[
     typer.Option(
         min=1,
         max=config.MAX_BATCH_SIZE,
+        metavar="N",
         envvar="BACKFILL_BATCH_SIZE",
         help="Rows per page and per checkpoint.",
     ),
 ]
 Concurrency = Annotated[
+    str,
+    typer.Option(
+        metavar="auto|N",
+        envvar="BACKFILL_CONCURRENCY",
+        help="Images downloading at once: auto (grows while the scorers wait for images, backs "
+        "off when hosts push back) or a fixed N; 1 = sequential like the original.",
+        rich_help_panel=FETCH_PANEL,
+    ),
+]
+MaxConcurrency = Annotated[
     int,
     typer.Option(
         min=1,
         max=config.MAX_CONCURRENCY,
-        envvar="BACKFILL_CONCURRENCY",
-        help="Images downloading at once; 1 = sequential like the original.",
+        metavar="N",
+        envvar="BACKFILL_MAX_CONCURRENCY",
+        help="With --concurrency auto: the most images downloading at once.",
+        rich_help_panel=FETCH_PANEL,
+    ),
+]
+MaxPerHost = Annotated[
+    int | None,
+    typer.Option(
+        min=1,
+        max=config.MAX_CONCURRENCY,
+        metavar="N",
+        envvar="BACKFILL_MAX_PER_HOST",
+        help="The most images downloading at once from one host (default: 3/4 of "
+        "--max-concurrency with auto, else --concurrency).",
+        show_default=False,
         rich_help_panel=FETCH_PANEL,
     ),
 ]
@@ -106,6 +153,7 @@ MaxRps = Annotated[
     float | None,
     typer.Option(
         min=0.001,
+        metavar="R",
         envvar="BACKFILL_MAX_RPS",
         help="Ceiling on image requests per second.",
         rich_help_panel=FETCH_PANEL,
@@ -117,13 +165,16 @@ Timeout = Annotated[
 ]
 MaxBytes = Annotated[
     int,
-    typer.Option(min=1, help="Largest image body accepted, bytes.", rich_help_panel=FETCH_PANEL),
+    typer.Option(
+        min=1, metavar="BYTES", help="Largest image body accepted.", rich_help_panel=FETCH_PANEL
+    ),
 ]
 Retries = Annotated[
     int,
     typer.Option(
         min=0,
         max=20,
+        metavar="N",
         help="Retries after a failed attempt (timeouts, 5xx, 429).",
         rich_help_panel=FETCH_PANEL,
     ),
@@ -152,6 +203,7 @@ ShardCount = Annotated[
     int | None,
     typer.Option(
         min=1,
+        metavar="N",
         envvar="BACKFILL_SHARD_COUNT",
         help="N workers; K comes from JOB_COMPLETION_INDEX (Kubernetes Indexed Job).",
         rich_help_panel=SCALE_PANEL,
@@ -159,7 +211,9 @@ ShardCount = Annotated[
 ]
 Workers = Annotated[
     int | None,
-    typer.Option(min=1, help="Scoring processes (default: one per CPU this process may use)."),
+    typer.Option(
+        min=1, metavar="N", help="Scoring processes (default: one per CPU this process may use)."
+    ),
 ]
 DETECT_PANEL = "Detection"
 DetectorOption = Annotated[
@@ -179,6 +233,7 @@ BirdClass = Annotated[
     typer.Option(
         "--bird-class",
         min=0,
+        metavar="N",
         envvar="BACKFILL_BIRD_CLASS",
         help="With --detector onnx:PATH: the class index that is a bird (COCO: 14).",
         rich_help_panel=DETECT_PANEL,
@@ -192,13 +247,31 @@ Quiet = Annotated[
         "--quiet", "-q", help="Only warnings and the final summary.", rich_help_panel=OUTPUT_PANEL
     ),
 ]
-LogFormatOption = Annotated[
-    LogFormat,
+JSON_EVENTS_HELP = (
+    "One JSON object per event on stderr (progress, summary, errors) instead of text: for log "
+    "collectors. The older spelling --log-format json still works."
+)
+JsonEvents = Annotated[
+    bool, typer.Option("--json", help=JSON_EVENTS_HELP, rich_help_panel=OUTPUT_PANEL)
+]
+LegacyLogFormat = Annotated[
+    LogFormat | None,
     typer.Option(
-        help="text (a live bar on a terminal) or json (one object per event).",
+        "--log-format",
+        hidden=True,
+        help="The older spelling of --json: text or json.",
         rich_help_panel=OUTPUT_PANEL,
     ),
 ]
+
+
+def wants_json(json_flag: bool, log_format: LogFormat | None) -> bool:
+    """--json, or its older spelling --log-format json; both at odds is a usage error."""
+    if json_flag and log_format is LogFormat.text:
+        raise typer.BadParameter("--json and --log-format text disagree: give --json alone")
+    return json_flag or log_format is LogFormat.json
+
+
 NotifyUrl = Annotated[
     str | None,
     typer.Option(
@@ -211,8 +284,14 @@ NotifyUrl = Annotated[
 
 
 def make_target(table: str, id_column: str, url_column: str, score_column: str) -> config.Target:
+    """The target of --table (TABLE or SCHEMA.TABLE) and the column options."""
+    schema, name = config.parse_table_option(table)
     return config.Target(
-        table=table, id_column=id_column, url_column=url_column, score_column=score_column
+        table=name,
+        schema=schema,
+        id_column=id_column,
+        url_column=url_column,
+        score_column=score_column,
     )
 
 
@@ -222,7 +301,9 @@ def make_fetch_settings(
     max_bytes: int,
     retries: int,
     max_rps: float | None,
-    concurrency: int,
+    concurrency: str,
+    max_concurrency: int = config.DEFAULT_MAX_CONCURRENCY,
+    max_per_host: int | None = None,
     deny_private_networks: bool,
 ) -> config.FetchSettings:
     return config.FetchSettings(
@@ -230,6 +311,8 @@ def make_fetch_settings(
         max_bytes=max_bytes,
         retries=retries,
         max_rps=max_rps,
-        concurrency=concurrency,
+        concurrency=config.parse_concurrency(concurrency),
+        max_concurrency=max_concurrency,
+        max_per_host=max_per_host,
         deny_private_networks=deny_private_networks,
     )

@@ -18,25 +18,30 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    ProgressColumn,
+    Task,
     TaskID,
     TaskProgressColumn,
     TextColumn,
-    TimeElapsedColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
 from backfill_quality.cli.summary import (
     MAX_FAILED_SHOWN,
     RULE,
     Counts,
     closing_notes,
+    distribution_lines,
     failed_lines,
+    score_distribution,
     shorten,
     summary_line,
     summary_lines,
     utc_now,
 )
 from backfill_quality.errors import ConfigError
+from backfill_quality.fetching.controller import LevelChange
 from backfill_quality.models import Outcome, RowId, RunSummary
 from backfill_quality.pipeline.checkpoint import Checkpoint
 from backfill_quality.pipeline.progress import Reporter, format_duration
@@ -65,13 +70,22 @@ class PlainReporter:
         self._stream.write(f"{utc_now()} {level:<7} {redact(text)}\n")
         self._stream.flush()
 
-    def start(self, *, total: int, resumed_from: RowId | None, dry_run: bool) -> None:
-        self._counts.total = total
+    def start(
+        self,
+        *,
+        total: int,
+        resumed_from: RowId | None,
+        dry_run: bool,
+        started_s: float,
+        limit: int | None = None,
+    ) -> None:
+        self._counts.start(total, started_s)
         if self._quiet:
             return
         resumed = f", resuming after id {resumed_from}" if resumed_from is not None else ""
+        stops = f", this run stops after {limit} (--limit)" if limit is not None else ""
         mode = " (dry run: nothing is written)" if dry_run else ""
-        self._emit("INFO", f"starting: {total} images to score{resumed}{mode}")
+        self._emit("INFO", f"starting: {total} images to score{resumed}{stops}{mode}")
 
     def row_done(self, outcome: Outcome) -> None:
         self._counts.row(outcome)
@@ -96,9 +110,14 @@ class PlainReporter:
             "INFO",
             f"progress: {counts.processed}/{counts.total} ({counts.percent():.1f}%), "
             f"{counts.succeeded} succeeded, {counts.failed} failed, {rate:.1f} img/s, "
-            f"elapsed {format_duration(counts.elapsed_s)}, "
+            f"{counts.in_flight_level} in flight, elapsed {format_duration(counts.elapsed_s)}, "
             f"ETA {counts.eta.describe(counts.remaining)}",
         )
+
+    def level_changed(self, change: LevelChange) -> None:
+        self._counts.in_flight_level = change.new
+        if self._verbose:
+            self._emit("INFO", level_line(change))
 
     def info(self, message: str) -> None:
         self._emit("INFO", message)
@@ -115,7 +134,7 @@ class PlainReporter:
             return
         lines = ["📊 Progress Summary", RULE]
         lines += [f"{label + ':':<15}{value}" for label, value in summary_lines(summary)]
-        lines += [RULE, *closing_notes(summary)]
+        lines += [RULE, *distribution_lines(summary), *closing_notes(summary)]
         lines += failed_lines(summary)
         self._stream.write(redact("\n".join(lines)) + "\n")
         self._stream.flush()
@@ -155,10 +174,19 @@ class JsonReporter:
         self._stream.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
         self._stream.flush()
 
-    def start(self, *, total: int, resumed_from: RowId | None, dry_run: bool) -> None:
-        self._counts.total = total
+    def start(
+        self,
+        *,
+        total: int,
+        resumed_from: RowId | None,
+        dry_run: bool,
+        started_s: float,
+        limit: int | None = None,
+    ) -> None:
+        self._counts.start(total, started_s)
         if not self._quiet:
-            self._emit("start", total=total, resumedFrom=resumed_from, dryRun=dry_run)
+            fields = {"resumedFrom": resumed_from, "dryRun": dry_run, "limit": limit}
+            self._emit("start", total=total, **fields)
 
     def row_done(self, outcome: Outcome) -> None:
         self._counts.row(outcome)
@@ -184,9 +212,15 @@ class JsonReporter:
             skipped=counts.skipped,
             lastProcessedId=checkpoint.last_processed_id,
             ratePerS=round(counts.eta.rate_per_s or 0.0, 2),
+            inFlight=counts.in_flight_level,
             elapsedS=round(counts.elapsed_s, 3),
             etaS=None if remaining_s is None else round(remaining_s, 1),
         )
+
+    def level_changed(self, change: LevelChange) -> None:
+        self._counts.in_flight_level = change.new
+        if not self._quiet:
+            self._emit("concurrency", level=change.new, previous=change.old, reason=change.reason)
 
     def info(self, message: str) -> None:
         self._emit("info", message=message)
@@ -202,10 +236,30 @@ class JsonReporter:
         failed = [{"id": i, "url": u, "error": e} for i, u, e in summary.failed_images]
         hidden = max(0, len(failed) - MAX_FAILED_SHOWN)
         fields |= {"failedImages": failed[:MAX_FAILED_SHOWN], "failedImagesOmitted": hidden}
+        fields |= {"scoreDistribution": score_distribution(summary)}
         self._emit("summary", **fields)
 
     def close(self) -> None:
         self._stream.flush()
+
+
+class RunElapsedColumn(ProgressColumn):
+    """The bar's elapsed time, counted from the run's start (as the summary's `Elapsed`), not
+    from the bar's appearance; frozen at the summary's value once the run has ended."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.started_s: float | None = None
+        self.stopped_at_s: float | None = None
+
+    def render(self, task: Task) -> Text:
+        if self.stopped_at_s is not None:
+            elapsed_s = self.stopped_at_s
+        elif self.started_s is not None:
+            elapsed_s = time.monotonic() - self.started_s
+        else:
+            return Text("")
+        return Text(format_duration(elapsed_s), style="progress.elapsed")
 
 
 class RichReporter:
@@ -215,6 +269,7 @@ class RichReporter:
         self._console = console if console is not None else Console(stderr=True)
         self._verbose = verbose
         self._counts = Counts()
+        self._elapsed = RunElapsedColumn()
         self._progress = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
@@ -222,7 +277,8 @@ class RichReporter:
             TaskProgressColumn(),
             TextColumn("[green]✓ {task.fields[succeeded]}[/] [red]✗ {task.fields[failed]}[/]"),
             TextColumn("{task.fields[rate]}"),
-            TimeElapsedColumn(),
+            TextColumn("{task.fields[level]} in flight"),
+            self._elapsed,
             TextColumn("ETA {task.fields[eta]}"),
             console=self._console,
         )
@@ -243,14 +299,32 @@ class RichReporter:
             succeeded=counts.succeeded,
             failed=counts.failed,
             rate=f"{rate:.1f} img/s" if rate else "",
+            level=counts.in_flight_level,
             eta=counts.eta.describe(counts.remaining),
         )
 
-    def start(self, *, total: int, resumed_from: RowId | None, dry_run: bool) -> None:
-        self._counts.total = total
-        label = "Dry run" if dry_run else "Scoring"
+    def start(
+        self,
+        *,
+        total: int,
+        resumed_from: RowId | None,
+        dry_run: bool,
+        started_s: float,
+        limit: int | None = None,
+    ) -> None:
+        self._counts.start(total, started_s)
+        self._elapsed.started_s = started_s
+        label = ("Dry run" if dry_run else "Scoring") + (
+            f" (stops after {limit}: --limit)" if limit is not None else ""
+        )
         self._task = self._progress.add_task(
-            label, total=total or None, succeeded=0, failed=0, rate="", eta="unknown"
+            label,
+            total=total or None,
+            succeeded=0,
+            failed=0,
+            rate="",
+            level=self._counts.in_flight_level,
+            eta="unknown",
         )
         self._progress.start()
         if resumed_from is not None:
@@ -269,6 +343,12 @@ class RichReporter:
         self._counts.page(checkpoint)
         self._refresh()
 
+    def level_changed(self, change: LevelChange) -> None:
+        self._counts.in_flight_level = change.new
+        if self._verbose:
+            self._say(level_line(change), "dim")
+        self._refresh()
+
     def info(self, message: str) -> None:
         self._say(message)
 
@@ -279,6 +359,7 @@ class RichReporter:
         self._say(f"error: {message}", "bold red")
 
     def finish(self, summary: RunSummary) -> None:
+        self._elapsed.stopped_at_s = summary.elapsed_s  # the bar's last frame reads as the summary
         self._progress.stop()
         out = self._console
         out.print()
@@ -287,6 +368,8 @@ class RichReporter:
         for label, value in summary_lines(summary):
             out.print(f"{label + ':':<15}{value}", markup=False, highlight=False)
         out.print(RULE, style="dim", markup=False)
+        for line in distribution_lines(summary):
+            out.print(line, markup=False, highlight=False)
         for note in closing_notes(summary):
             out.print(redact(note), markup=False, highlight=False)
         if summary.failed_images:
@@ -294,6 +377,13 @@ class RichReporter:
 
     def close(self) -> None:
         self._progress.stop()
+
+
+def level_line(change: LevelChange) -> str:
+    """'downloads in flight 8 -> 16: scorers waited for images 40% of the time; …'"""
+    if change.old == 0:
+        return f"downloads in flight: {change.new} ({change.reason})"
+    return f"downloads in flight {change.old} -> {change.new}: {change.reason}"
 
 
 def _failed_table(summary: RunSummary) -> Table:

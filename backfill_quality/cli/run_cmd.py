@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import time
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from backfill_quality.cli import options as o
 from backfill_quality.cli.app import EXIT_OK, EXIT_SOME_FAILED, app, error_boundary
-from backfill_quality.cli.options import LogFormat
-from backfill_quality.cli.reporters import make_reporter
 from backfill_quality.config import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_CONCURRENCY,
     DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_CONCURRENCY,
     DEFAULT_RETRIES,
     DEFAULT_TIMEOUT_S,
     RunSettings,
@@ -23,16 +22,10 @@ from backfill_quality.config import (
     thresholds_with_overrides,
 )
 from backfill_quality.errors import BackfillError
-from backfill_quality.models import RunSummary
-from backfill_quality.pipeline.notify import (
-    NotifySettings,
-    Webhook,
-    notify_run_end,
-    notify_run_failure,
-)
-from backfill_quality.pipeline.runner import Runner
-from backfill_quality.pipeline.signals import EXIT_SIGNALS
 from backfill_quality.redaction import register_database_secrets
+
+if TYPE_CHECKING:
+    from backfill_quality.models import RunSummary
 
 RUN_EPILOG = """Examples:
 
@@ -49,6 +42,8 @@ RUN_EPILOG = """Examples:
 def exit_code_for(summary: RunSummary) -> int:
     """130/143 after a signal, 3 when rows failed, else 0."""
     if summary.interrupted is not None:
+        from backfill_quality.pipeline.signals import EXIT_SIGNALS  # asyncio: not for --help
+
         return EXIT_SIGNALS[summary.interrupted]
     return EXIT_SOME_FAILED if summary.failed else EXIT_OK
 
@@ -71,9 +66,15 @@ def run(
         ),
     ] = 0,
     concurrency: o.Concurrency = DEFAULT_CONCURRENCY,
+    max_concurrency: o.MaxConcurrency = DEFAULT_MAX_CONCURRENCY,
+    max_per_host: o.MaxPerHost = None,
     max_rps: o.MaxRps = None,
     dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="Fetch and score, write nothing to the database.")
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Fetch and score, write nothing to the database (and take no lock).",
+        ),
     ] = False,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the checkpoint.")] = False,
     restart: Annotated[
@@ -87,7 +88,14 @@ def run(
         ),
     ] = False,
     checkpoint: o.CheckpointPath = o.DEFAULT_CHECKPOINT,
-    limit: Annotated[int | None, typer.Option(min=1, help="Stop after this many rows.")] = None,
+    limit: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            metavar="N",
+            help="Stop after this many rows (Total still counts every row left).",
+        ),
+    ] = None,
     timeout: o.Timeout = DEFAULT_TIMEOUT_S,
     max_bytes: o.MaxBytes = DEFAULT_MAX_BYTES,
     retries: o.Retries = DEFAULT_RETRIES,
@@ -101,11 +109,27 @@ def run(
     notify_url: o.NotifyUrl = None,
     verbose: o.Verbose = False,
     quiet: o.Quiet = False,
-    log_format: o.LogFormatOption = LogFormat.text,
+    json_events: o.JsonEvents = False,
+    log_format: o.LegacyLogFormat = None,
+    version: o.Version = False,
 ) -> None:
-    """Score every image whose score is NULL and write the score back, page by page."""
-    with error_boundary(verbose=verbose, as_json=log_format is LogFormat.json):
+    """Score every image whose score is NULL and write the score back, page by page.
+
+    One run per table at a time: a second one (not a dry run) exits 4, naming the first.
+    """
+    as_json = o.wants_json(json_events, log_format)
+    with error_boundary(verbose=verbose, as_json=as_json):
         register_database_secrets(database_url)
+        # imported here, not at the top: `--help` must not pay for psycopg, httpx, NumPy, rich
+        from backfill_quality.cli.reporters import make_reporter
+        from backfill_quality.pipeline.notify import (
+            NotifySettings,
+            Webhook,
+            notify_run_end,
+            notify_run_failure,
+        )
+        from backfill_quality.pipeline.runner import Runner
+
         settings = RunSettings(
             database_url=database_url,
             target=o.make_target(table, id_column, url_column, score_column),
@@ -115,6 +139,8 @@ def run(
                 retries=retries,
                 max_rps=max_rps,
                 concurrency=concurrency,
+                max_concurrency=max_concurrency,
+                max_per_host=max_per_host,
                 deny_private_networks=deny_private_networks,
             ),
             thresholds=thresholds_with_overrides(threshold or []),
@@ -131,7 +157,9 @@ def run(
             shard=resolve_shard(shard, shard_count),
         )
         notify = NotifySettings(notify_url) if notify_url else None
-        reporter = make_reporter(log_format=log_format.value, verbose=verbose, quiet=quiet)
+        reporter = make_reporter(
+            log_format="json" if as_json else "text", verbose=verbose, quiet=quiet
+        )
         webhook = Webhook(notify, warn=reporter.warning, run=settings) if notify else None
         started_s = time.monotonic()
         try:

@@ -6,24 +6,26 @@ import json
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from backfill_quality.cli import options as o
 from backfill_quality.cli.app import EXIT_OK, EXIT_SOME_FAILED, app, error_boundary
-from backfill_quality.cli.views import print_analysis, print_error
 from backfill_quality.config import (
+    DEFAULT_TIMEOUT_S,
     FetchSettings,
     available_cpus,
     parse_detector,
     thresholds_with_overrides,
 )
 from backfill_quality.errors import BackfillError
-from backfill_quality.fetching.fetcher import Fetched, fetch_one
-from backfill_quality.models import Analysis
 from backfill_quality.results import result_to_dict
 from backfill_quality.scoring.version import scorer_version
+
+if TYPE_CHECKING:
+    from backfill_quality.fetching.fetcher import Fetched
+    from backfill_quality.models import Analysis
 
 SCORE_EPILOG = """Examples:
 
@@ -45,6 +47,8 @@ def is_url(source: str) -> bool:
 def read_source(source: str, fetch: FetchSettings) -> Fetched:
     """Bytes of a local file (no validators), or of an http(s) URL (anything with '://' is treated
     as a URL) with the response's ETag and Last-Modified."""
+    from backfill_quality.fetching.fetcher import Fetched, fetch_one  # httpx: not for --help
+
     if is_url(source):
         return fetch_one(source, fetch)
     try:
@@ -64,7 +68,12 @@ def score(
         list[str], typer.Argument(metavar="PATH_OR_URL...", help="Image files or http(s) URLs.")
     ],
     as_json: Annotated[
-        bool, typer.Option("--json", help="One JSON object per image on stdout.")
+        bool,
+        typer.Option(
+            "--json",
+            help="One JSON object per image on stdout (errors as JSON on stderr).",
+            rich_help_panel=o.OUTPUT_PANEL,
+        ),
     ] = False,
     annotate: Annotated[
         Path | None,
@@ -73,16 +82,20 @@ def score(
             help="Write the image with the detected bird and the check scores drawn.",
         ),
     ] = None,
-    timeout: Annotated[float, typer.Option(min=0.001, metavar="S")] = 30.0,
+    timeout: Annotated[
+        float, typer.Option(min=0.001, metavar="S", help=o.FETCH_HELP_TIMEOUT + " (URLs only)")
+    ] = DEFAULT_TIMEOUT_S,
     threshold: o.ThresholdOverrides = None,
     detector: o.DetectorOption = o.DEFAULT_DETECTOR,
     bird_class: o.BirdClass = None,
     verbose: o.Verbose = False,
+    version: o.Version = False,
 ) -> None:
     """Score single images: the five checks with their reasons (the original's "test a single
     image")."""
     failures = 0
-    with error_boundary(verbose=verbose):
+    with error_boundary(verbose=verbose, as_json=as_json):
+        from backfill_quality.cli.views import print_analysis, print_error  # rich
         from backfill_quality.scoring.detectors.factory import load_detector  # NumPy, ONNX
         from backfill_quality.scoring.score import describe, score_image  # Pillow
 
@@ -90,7 +103,7 @@ def score(
         choice = parse_detector(detector, bird_class)
         threads = available_cpus()
         finder = load_detector(choice, threads)  # a bad --detector fails here, at once
-        version = scorer_version(choice, thresholds)
+        scorer = scorer_version(choice, thresholds)
         fetch = FetchSettings(timeout_s=timeout)
         for index, source in enumerate(sources, start=1):
             try:
@@ -114,7 +127,7 @@ def score(
                 result = result_to_dict(
                     source,
                     describe(fetched.data, analysis, score_ms),
-                    scorer_version=version,
+                    scorer_version=scorer,
                     scored_at=datetime.now(UTC),
                     etag=fetched.etag,
                     last_modified=fetched.last_modified,

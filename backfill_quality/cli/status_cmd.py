@@ -8,10 +8,7 @@ from typing import Annotated
 import typer
 
 from backfill_quality.cli import options as o
-from backfill_quality.cli.app import EXIT_FATAL, EXIT_OK, app, error_boundary
-from backfill_quality.cli.views import print_status
-from backfill_quality.config import Target
-from backfill_quality.pipeline.status import report_status, status_to_dict
+from backfill_quality.cli.app import EXIT_OK, app, error_boundary
 from backfill_quality.redaction import register_database_secrets
 
 STATUS_EPILOG = """Examples:
@@ -39,23 +36,35 @@ def status(
             help="Count every row exactly (a full scan); by default a big table is estimated.",
         ),
     ] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json",
+            help="The report as one JSON object on stdout (errors as JSON on stderr).",
+            rich_help_panel=o.OUTPUT_PANEL,
+        ),
+    ] = False,
     verbose: o.Verbose = False,
+    version: o.Version = False,
 ) -> None:
     """Checkpoint progress (all shards, dry runs, watch) and the score distribution.
 
-    Lists every `<checkpoint stem>*.json` beside --checkpoint with progress, ETA and failures;
-    the database part is exact on a table that counts quickly, planner estimates otherwise.
-    Exits 1 (after showing the checkpoints) when the database cannot be read.
+    Lists every checkpoint beside --checkpoint that shares its stem (`.backfill-progress*.json`)
+    with progress, ETA and failures; the database part is exact on a table that counts quickly,
+    planner estimates otherwise.
+
+    When the table cannot be read it still shows the checkpoints, then exits 2 for an option to
+    fix (a malformed --database-url, an unknown table or column) or 1 when the database failed.
     """
-    with error_boundary(verbose=verbose):
+    with error_boundary(verbose=verbose, as_json=as_json):
         register_database_secrets(database_url)
-        target = Target(
-            table=table, id_column=id_column, url_column=url_column, score_column=score_column
-        )
+        from backfill_quality.cli.views import print_status  # rich, psycopg: not for --help
+        from backfill_quality.pipeline.status import report_status, status_to_dict
+
+        target = o.make_target(table, id_column, url_column, score_column)
         report = report_status(database_url, target, checkpoint, exact=exact)
         if as_json:
             typer.echo(json.dumps(status_to_dict(report), default=str))
         else:
             print_status(report)
-    raise typer.Exit(EXIT_FATAL if report.table_problem else EXIT_OK)
+    raise typer.Exit(report.table_problem_exit_code if report.table_problem else EXIT_OK)

@@ -8,10 +8,13 @@ from datetime import UTC, datetime
 from backfill_quality.models import Outcome, RunSummary
 from backfill_quality.pipeline.checkpoint import Checkpoint
 from backfill_quality.pipeline.progress import EtaEstimator, format_duration
+from backfill_quality.pipeline.status import CATEGORY_DECILES
 from backfill_quality.redaction import redact
 
 MAX_FAILED_SHOWN = 20
 RULE = "═" * 60
+BAR_WIDTH = 40
+DECILE_LABELS = [f"{10 * i}-{10 * i + 9}" for i in range(9)] + ["90-100"]
 
 
 class Counts:
@@ -20,8 +23,14 @@ class Counts:
     def __init__(self) -> None:
         self.total = self.processed = self.succeeded = self.failed = self.skipped = 0
         self.run_rows = 0
+        self.in_flight_level = 0  # downloads allowed in flight (--concurrency), 0: not told yet
         self.started_s = time.monotonic()
         self.eta = EtaEstimator()
+
+    def start(self, total: int, started_s: float) -> None:
+        """The run starts: its rows to do, and the moment every elapsed time is counted from."""
+        self.total = total
+        self.started_s = started_s
 
     def row(self, outcome: Outcome) -> None:
         self.run_rows += 1
@@ -59,8 +68,10 @@ def summary_lines(summary: RunSummary) -> list[tuple[str, str]]:
         eta = format_duration(0.0)  # the original's block ends with ETA 0s, not a blank
     else:
         eta = format_duration(remaining / rate) if rate > 0 else "—"
+    limit = [] if summary.limit is None else [("Limit", f"{summary.limit} rows (--limit)")]
     return [
         ("Total", f"{summary.total} images"),
+        *limit,
         ("Processed", f"{summary.processed} ({pct:.1f}%)"),
         ("Succeeded", str(summary.succeeded)),
         ("Failed", str(summary.failed)),
@@ -70,6 +81,37 @@ def summary_lines(summary: RunSummary) -> list[tuple[str, str]]:
         ("Rate", f"{rate:.1f} img/s"),
         ("ETA", eta),
     ]
+
+
+def bar(count: int, largest: int) -> str:
+    """A bar of █ proportional to count/largest, BAR_WIDTH at most."""
+    return "█" * (round(BAR_WIDTH * count / largest) if largest else 0)
+
+
+def score_distribution(summary: RunSummary) -> dict[str, int]:
+    """Rows this run scored per category (high, medium, low), from its decile counts."""
+    histogram = summary.score_histogram or (0,) * len(DECILE_LABELS)
+    return {c: sum(histogram[i] for i in deciles) for c, deciles in CATEGORY_DECILES.items()}
+
+
+def distribution_lines(summary: RunSummary) -> list[str]:
+    """The scores the run found: rows per category and per decile, with bars (none: [])."""
+    scored = sum(summary.score_histogram)
+    if not scored:
+        return []
+    what = "would get" if summary.dry_run else "got"
+    lines = [f"Scores found: the {scored} rows scored {what}"]
+    categories = score_distribution(summary)
+    peak = max(categories.values())
+    for category, count in categories.items():
+        lines.append(
+            f"  {category:<8}{count:>7}  {count / scored:>6.1%}  {bar(count, peak)}".rstrip()
+        )
+    lines.append("By decile:")
+    peak = max(summary.score_histogram)
+    for label, count in zip(DECILE_LABELS, summary.score_histogram, strict=True):
+        lines.append(f"  {label:<8}{count:>7}  {bar(count, peak)}".rstrip())
+    return lines
 
 
 def closing_notes(summary: RunSummary) -> list[str]:
@@ -86,8 +128,9 @@ def summary_line(summary: RunSummary) -> str:
     """One line for --quiet and logs: counts, time, rate, checkpoint."""
     state = f"interrupted by {summary.interrupted}" if summary.interrupted else "done"
     dry = " (dry run)" if summary.dry_run else ""
+    limit = f" (--limit {summary.limit})" if summary.limit is not None else ""
     return (
-        f"{state}{dry}: {summary.processed}/{summary.total} processed, "
+        f"{state}{dry}: {summary.processed}/{summary.total} processed{limit}, "
         f"{summary.succeeded} succeeded, {summary.failed} failed, {summary.skipped} skipped "
         f"in {format_duration(summary.elapsed_s)} ({summary.rate_per_s:.1f} img/s); "
         f"checkpoint {summary.checkpoint_path}"

@@ -11,15 +11,20 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from backfill_quality.cli.summary import DECILE_LABELS, bar
 from backfill_quality.models import Analysis
 from backfill_quality.pipeline.progress import format_duration
-from backfill_quality.pipeline.status import CheckpointInfo, ShardGroup, StatusReport, TableStats
+from backfill_quality.pipeline.status import (
+    SHARD_SUFFIX,
+    CheckpointInfo,
+    ShardGroup,
+    StatusReport,
+    TableStats,
+)
 from backfill_quality.redaction import redact
 from backfill_quality.scoring.checks import CHECKS
 
 CATEGORY_STYLE = {"high": "green", "medium": "yellow", "low": "red"}
-BAR_WIDTH = 40
-DECILE_LABELS = [f"{10 * i}-{10 * i + 9}" for i in range(9)] + ["90-100"]
 
 _stdout = Console(highlight=False)
 _stderr = Console(stderr=True, highlight=False)
@@ -61,11 +66,6 @@ def print_error(source: str, message: str) -> None:
     _stderr.print(f"[bold]{source}[/bold]: [red]failed[/red]: {redact(message)}")
 
 
-def _bar(count: int, largest: int) -> str:
-    width = round(BAR_WIDTH * count / largest) if largest else 0
-    return "█" * width
-
-
 def _age(moment: datetime | None) -> str:
     if moment is None:
         return "-"
@@ -102,7 +102,7 @@ def print_table_stats(stats: TableStats, console: Console) -> None:
         count = distribution[category]
         share = f"{count / stats.scored:.1%}" if stats.scored else "-"
         table.add_row(
-            f"[{style}]{category}[/]", f"{count:,}", share, f"[{style}]{_bar(count, largest)}[/]"
+            f"[{style}]{category}[/]", f"{count:,}", share, f"[{style}]{bar(count, largest)}[/]"
         )
     console.print(table)
     hist = Table(title="Scores by decile", title_justify="left")
@@ -111,7 +111,7 @@ def print_table_stats(stats: TableStats, console: Console) -> None:
     hist.add_column("")
     peak = max(stats.histogram, default=0)
     for label, count in zip(DECILE_LABELS, stats.histogram, strict=True):
-        hist.add_row(label, f"{count:,}", _bar(count, peak))
+        hist.add_row(label, f"{count:,}", bar(count, peak))
     console.print(hist)
 
 
@@ -126,10 +126,12 @@ def _print_checkpoint(info: CheckpointInfo, out: Console) -> None:
     kind = " dry run" if cp.dry_run else ""
     shard = f" shard {cp.shard}" if cp.shard else ""
     eta = "-" if cp.finished else (cp.estimated_time_remaining or "-")
+    target = f" [dim]({escape(redact(SHARD_SUFFIX.sub('', cp.target)))})[/dim]" if cp.target else ""
     out.print(
-        f"[bold]{name}[/bold]{kind}{shard}: {state}; processed {cp.processed:,}/{cp.total:,} "
-        f"({pct}), succeeded {cp.succeeded:,}, failed {cp.failed:,}, ETA {eta}, "
-        f"last id {escape(str(cp.last_processed_id))}, updated {_age(info.updated_at)}"
+        f"[bold]{name}[/bold]{target}{kind}{shard}: {state}; processed "
+        f"{cp.processed:,}/{cp.total:,} ({pct}), succeeded {cp.succeeded:,}, failed "
+        f"{cp.failed:,}, ETA {eta}, last id {escape(str(cp.last_processed_id))}, "
+        f"updated {_age(info.updated_at)}"
     )
 
 
@@ -141,8 +143,10 @@ def _print_shard_group(group: ShardGroup, out: Console) -> None:
         if group.missing
         else ""
     )
+    target = f" of {escape(redact(group.target))}" if group.target else ""
     out.print(
-        f"[bold]All {group.count} shards{kind}[/bold]: {group.finished}/{group.count} finished, "
+        f"[bold]All {group.count} shards{kind}[/bold]{target}: {group.finished}/{group.count} "
+        "finished, "
         f"processed {group.processed:,}/{group.total:,} ({pct}), failed {group.failed:,}{missing}"
     )
 

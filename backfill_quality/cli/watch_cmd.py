@@ -3,20 +3,21 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from backfill_quality.cli import options as o
 from backfill_quality.cli.app import EXIT_OK, EXIT_SOME_FAILED, app, error_boundary
-from backfill_quality.cli.options import LogFormat
-from backfill_quality.cli.reporters import make_reporter
 from backfill_quality.config import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_CHECKPOINT,
     DEFAULT_CONCURRENCY,
     DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_CONCURRENCY,
+    DEFAULT_POLL_INTERVAL_S,
     DEFAULT_RETRIES,
+    DEFAULT_RETRY_FAILED_AFTER_S,
     DEFAULT_TIMEOUT_S,
     RunSettings,
     parse_detector,
@@ -24,22 +25,16 @@ from backfill_quality.config import (
     thresholds_with_overrides,
 )
 from backfill_quality.errors import ConfigError
-from backfill_quality.models import RunSummary
-from backfill_quality.pipeline.notify import NotifySettings, Webhook, summary_payload
-from backfill_quality.pipeline.progress import Reporter
-from backfill_quality.pipeline.signals import EXIT_SIGNALS
-from backfill_quality.pipeline.watch import (
-    DEFAULT_POLL_INTERVAL_S,
-    DEFAULT_RETRY_FAILED_AFTER_S,
-    Watcher,
-    WatchSettings,
-)
 from backfill_quality.redaction import register_database_secrets
+
+if TYPE_CHECKING:
+    from backfill_quality.models import RunSummary
+    from backfill_quality.pipeline.progress import Reporter
 
 WATCH_CHECKPOINT = DEFAULT_CHECKPOINT.with_name(".backfill-progress.watch.json")
 WATCH_EPILOG = """Examples:
 
-  backfill-quality migrate          # once: adds the NOTIFY trigger (migration 004)
+  backfill-quality migrate --watch  # once: adds the NOTIFY trigger
 
   backfill-quality watch            # score new rows within seconds; Ctrl+C stops it
 
@@ -80,6 +75,7 @@ def watch(
     notify_url: Annotated[
         str | None,
         typer.Option(
+            metavar="URL",
             envvar="BACKFILL_NOTIFY_URL",
             help="POST a JSON summary here (with --notify-each-cycle: after every cycle "
             "that scored rows).",
@@ -96,6 +92,8 @@ def watch(
     ] = False,
     batch_size: o.BatchSize = DEFAULT_BATCH_SIZE,
     concurrency: o.Concurrency = DEFAULT_CONCURRENCY,
+    max_concurrency: o.MaxConcurrency = DEFAULT_MAX_CONCURRENCY,
+    max_per_host: o.MaxPerHost = None,
     max_rps: o.MaxRps = None,
     timeout: o.Timeout = DEFAULT_TIMEOUT_S,
     max_bytes: o.MaxBytes = DEFAULT_MAX_BYTES,
@@ -106,6 +104,7 @@ def watch(
         typer.Option(
             "--checkpoint",
             envvar="BACKFILL_WATCH_CHECKPOINT",
+            metavar="PATH",
             help="Checkpoint of the current cycle (kept apart from `run`'s).",
             dir_okay=False,
         ),
@@ -118,13 +117,28 @@ def watch(
     bird_class: o.BirdClass = None,
     verbose: o.Verbose = False,
     quiet: Annotated[
-        bool, typer.Option("--quiet", "-q", help="Only warnings and one line per cycle.")
+        bool,
+        typer.Option(
+            "--quiet",
+            "-q",
+            help="Only warnings and one line per cycle.",
+            rich_help_panel=o.OUTPUT_PANEL,
+        ),
     ] = False,
-    log_format: o.LogFormatOption = LogFormat.text,
+    json_events: o.JsonEvents = False,
+    log_format: o.LegacyLogFormat = None,
+    version: o.Version = False,
 ) -> None:
     """Score new images as they arrive: LISTEN for the insert trigger, poll as a safety net."""
-    with error_boundary(verbose=verbose, as_json=log_format is LogFormat.json):
+    as_json = o.wants_json(json_events, log_format)
+    with error_boundary(verbose=verbose, as_json=as_json):
         register_database_secrets(database_url)
+        # imported here, not at the top: `--help` must not pay for psycopg, httpx, NumPy, rich
+        from backfill_quality.cli.reporters import make_reporter
+        from backfill_quality.pipeline.notify import NotifySettings, Webhook, summary_payload
+        from backfill_quality.pipeline.signals import EXIT_SIGNALS
+        from backfill_quality.pipeline.watch import Watcher, WatchSettings
+
         run_settings = RunSettings(
             database_url=database_url,
             target=o.make_target(table, id_column, url_column, score_column),
@@ -134,6 +148,8 @@ def watch(
                 retries=retries,
                 max_rps=max_rps,
                 concurrency=concurrency,
+                max_concurrency=max_concurrency,
+                max_per_host=max_per_host,
                 deny_private_networks=deny_private_networks,
             ),
             thresholds=thresholds_with_overrides(threshold or []),
@@ -151,7 +167,10 @@ def watch(
 
         def new_reporter() -> Reporter:
             return make_reporter(
-                log_format=log_format.value, verbose=verbose, quiet=quiet, is_terminal=False
+                log_format="json" if as_json else "text",
+                verbose=verbose,
+                quiet=quiet,
+                is_terminal=False,
             )
 
         new_reporter()  # validates --log-format / --verbose --quiet before anything starts

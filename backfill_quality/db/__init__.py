@@ -5,20 +5,40 @@ The only package that imports psycopg. Library errors are translated here into `
 Callers use `from backfill_quality import db` and `db.<name>`; the submodules own:
 
 - `connection`: connecting, password redaction, psycopg errors translated (`_translate`)
-- `schema`: the target table (quoted name, column and key checks) and the migrations
+- `schema`: the target table (quoted name, found through the search_path, column and key checks)
+- `migration_steps`, `watch_triggers`: the named steps of `migrate`, each planned from the catalog
+- `migrate`: planning and running the steps (or printing them as SQL)
 - `pages`: keyset page queries, counts and estimates of the rows left
-- `shards`: shard key ranges (integer keys: from the shard plan table, migration 005)
-- `results`: the results table (what each score was made of): its migration step, the guarded
-  statement that writes a score with its result, reading results back
+- `shards`: shard key ranges (integer keys: from the shard plan table, `migrate` step `shard-plan`)
+- `results`: the results table (what each score was made of): its `migrate` step
+  `results-table`, the guarded statement that writes a score with its result, reading results back
 - `writes`: the pipelined per-row score UPDATEs with their results, and the demo's seed rows
 - `status`: monitoring SQL for `status` (categories, histograms, exact counts, estimates)
 - `watch`: LISTEN/NOTIFY for watch mode
+- `locks`: the advisory locks that keep two runs off one target, and who holds them
 
 Submodules import downwards only: connection <- schema <- pages <- status, pages <- shards;
-results uses connection and schema; writes uses results; watch uses connection and schema.
+shards <- migration_steps <- watch_triggers <- migrate; results uses connection, schema and
+migration_steps, and migrate lists its step; writes uses results; watch and locks use connection
+and schema (watch also migration_steps, for the trigger's name).
 """
 
 from backfill_quality.db.connection import connect, describe_database, is_retryable, redact_url
+from backfill_quality.db.locks import (
+    LockHolder,
+    advisory_lock_holders,
+    advisory_unlock,
+    table_identity,
+    try_advisory_lock,
+)
+from backfill_quality.db.migrate import (
+    MIGRATIONS_LOCK_KEY,
+    STEPS,
+    migrate,
+    plan_migration,
+    render_sql,
+)
+from backfill_quality.db.migration_steps import NOTIFY_TRIGGER, StepPlan
 from backfill_quality.db.pages import (
     EXACT_COUNT_LIMIT,
     EXACT_COUNT_TIMEOUT_MS,
@@ -40,14 +60,10 @@ from backfill_quality.db.results import (
 )
 from backfill_quality.db.schema import (
     INTEGER_ID_TYPES,
-    MIGRATIONS_LOCK_KEY,
-    MIGRATIONS_TABLE,
     SCORE_TYPES,
     SUPPORTED_ID_TYPES,
     TEXT_ID_TYPES,
     URL_TYPES,
-    applied_migrations,
-    apply_migrations,
     check_target,
 )
 from backfill_quality.db.shards import (
@@ -67,7 +83,7 @@ from backfill_quality.db.status import (
     score_distribution,
     score_histogram,
 )
-from backfill_quality.db.watch import has_notify_trigger, listen, wait_for_notifications
+from backfill_quality.db.watch import listen, notify_channel, wait_for_notifications
 from backfill_quality.db.writes import (
     ScoreWrite,
     WriteResult,
@@ -81,19 +97,22 @@ __all__ = [
     "EXACT_COUNT_TIMEOUT_MS",
     "INTEGER_ID_TYPES",
     "MIGRATIONS_LOCK_KEY",
-    "MIGRATIONS_TABLE",
+    "NOTIFY_TRIGGER",
     "SCORE_TYPES",
     "SHARD_PLAN_TABLE",
+    "STEPS",
     "SUPPORTED_ID_TYPES",
     "TEXT_ID_TYPES",
     "URL_TYPES",
     "UUID_SPACE",
     "IdRange",
+    "LockHolder",
     "ScoreBuckets",
     "ScoreWrite",
+    "StepPlan",
     "WriteResult",
-    "applied_migrations",
-    "apply_migrations",
+    "advisory_lock_holders",
+    "advisory_unlock",
     "check_target",
     "connect",
     "count_score_buckets",
@@ -108,15 +127,18 @@ __all__ = [
     "explain_ids_after",
     "explain_page_query",
     "fetch_page",
-    "has_notify_trigger",
     "has_results_table",
     "ids_after",
     "is_retryable",
     "key_range_for_shard",
     "listen",
+    "migrate",
+    "notify_channel",
+    "plan_migration",
     "plan_target",
     "read_results",
     "redact_url",
+    "render_sql",
     "replace_demo_rows",
     "require_results_table",
     "results_label",
@@ -124,6 +146,8 @@ __all__ = [
     "score_distribution",
     "score_histogram",
     "shard_plan_bounds",
+    "table_identity",
+    "try_advisory_lock",
     "wait_for_notifications",
     "write_score_results",
     "write_scores",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -18,7 +18,7 @@ import psycopg
 from psycopg import sql
 
 from backfill_quality.errors import ConfigError, DatabaseError
-from backfill_quality.redaction import has_unparsable_password
+from backfill_quality.redaction import has_unparsable_password, redact, register_database_secrets
 
 _KV_PASSWORD = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
 
@@ -37,31 +37,80 @@ def redact_url(database_url: str) -> str:
     return f"{parts.scheme}://{netloc}{parts.path}{tail}"  # urlunsplit would drop an empty //
 
 
-def _passwords(database_url: str) -> list[str]:
-    """Every password the URL or the environment may hand to libpq (to scrub from messages)."""
-    found = [os.environ.get("PGPASSWORD", "")]
-    with suppress(psycopg.Error):
-        found.append(str(psycopg.conninfo.conninfo_to_dict(database_url).get("password") or ""))
-    if "://" in database_url:
-        userinfo = urlsplit(database_url).netloc.rpartition("@")[0]
-        found.append(userinfo.partition(":")[2])
-    return [p for p in found if p]
+_FORMS = (  # (worded so that no redaction pattern matches it)
+    "a URL such as postgresql://app@db.example.com:5432/prod (a password goes after the user "
+    "name and a colon, percent-encoded; or in PGPASSWORD), or key=value pairs such as "
+    "'host=db.example.com port=5432 dbname=prod user=app'"
+)
+_URL_SCHEMES = ("postgresql://", "postgres://")
+_REFUSED_BEFORE_CONNECTING = re.compile(
+    r"^(connection is bad: )?(invalid \S+ (value|number)|could not match \d+ \w+ \w+ to"
+    r"|weak sslmode|require_auth|sslrootcert|invalid SSL protocol)"
+)
+"""libpq's messages about an option value it refused before any network traffic (bad port,
+unknown sslmode, hosts and ports that do not pair up): a usage error, not a database failure."""
 
 
-def _scrub(message: str, database_url: str) -> str:
-    for password in _passwords(database_url):
-        message = message.replace(password, "***")
-    return _KV_PASSWORD.sub(r"\1***", message)
+def _unusable(reason: str) -> ConfigError:
+    return ConfigError(
+        f"--database-url: not a usable connection string: {redact(reason)}. Expected {_FORMS};"
+        " check DATABASE_URL / --database-url and the PG* environment variables"
+    )
+
+
+def _parse_problem(database_url: str, exc: psycopg.Error) -> str:
+    """Why libpq could not parse the string, with the hint a user needs for its shape."""
+    text = database_url.strip()
+    detail = " ".join(str(exc).split())
+    if "://" in text and not text.startswith(_URL_SCHEMES):
+        return f"a URL must start with postgresql:// or postgres:// ({detail})"
+    if "://" not in text and "=" not in text:
+        return f"neither a URL nor key=value pairs ({detail})"
+    return detail
+
+
+def _check_ports(params: dict[str, Any]) -> None:
+    port = params.get("port")
+    source = "the port"
+    if not port and os.environ.get("PGPORT"):
+        port, source = os.environ["PGPORT"], "PGPORT"
+    for piece in str(port or "").split(","):
+        piece = piece.strip()
+        if piece and not (piece.isdigit() and 1 <= int(piece) <= 65535):
+            raise _unusable(f"{source} {piece!r} is not a number from 1 to 65535")
+
+
+def check_connection_string(database_url: str) -> None:
+    """Refuse a string libpq cannot use, before libpq sees it: ConfigError, never the password.
+
+    Catches stray quotes, a URL password with a character that must be percent-encoded, what
+    libpq's parser refuses (no scheme, a misspelt scheme or option, an unterminated quote), and a
+    port that is not a number from 1 to 65535.
+    """
+    register_database_secrets(database_url)
+    if database_url.strip()[:1] in ("'", '"'):
+        raise _unusable(
+            "it is wrapped in quotes, which are taken as part of it here (from a .env file or a "
+            "quoted YAML value?): remove them"
+        )
+    if has_unparsable_password(database_url):
+        raise _unusable(
+            "its password holds '/', '?', '#' or '@', which must be percent-encoded in a URL "
+            "(%2F, %3F, %23, %40); or give the password in PGPASSWORD"
+        )
+    try:
+        params: dict[str, Any] = dict(psycopg.conninfo.conninfo_to_dict(database_url))
+    except psycopg.Error as exc:
+        raise _unusable(_parse_problem(database_url, exc)) from None
+    _check_ports(params)
 
 
 def _where(database_url: str) -> str:
     """host:port/dbname as libpq would resolve it, without the password."""
-    if has_unparsable_password(database_url):
-        return "the --database-url given (its password must be percent-encoded)"
     try:
         params: dict[str, Any] = dict(psycopg.conninfo.conninfo_to_dict(database_url))
     except psycopg.Error:
-        return redact_url(database_url) or "the default database"
+        return "the --database-url given"
     host = str(params.get("host") or os.environ.get("PGHOST") or "local socket")
     port = str(params.get("port") or os.environ.get("PGPORT") or "5432")
     dbname = str(params.get("dbname") or os.environ.get("PGDATABASE") or "(default)")
@@ -76,9 +125,11 @@ def connect(
 ) -> psycopg.Connection[Any]:
     """An autocommit connection.
 
-    An unreachable server becomes DatabaseError(retryable=True), a malformed URL ConfigError;
-    neither message contains the password.
+    A connection string that cannot be used (malformed, a bad port, an option libpq refuses)
+    becomes ConfigError; an unreachable or refusing server DatabaseError(retryable=True). Neither
+    message, nor the exception it chains, contains the password.
     """
+    check_connection_string(database_url)
     try:
         return psycopg.connect(
             database_url,
@@ -87,21 +138,21 @@ def connect(
             connect_timeout=connect_timeout_s,
         )
     except psycopg.Error as exc:
-        detail = _scrub(" ".join(str(exc).split()), database_url)
-        if has_unparsable_password(database_url):  # libpq's message quotes pieces of it
-            detail = "percent-encode '/', '?', '#', '@' and ':' in the password"
-        message = (
-            f"could not connect to the database at {_where(database_url)}: {detail}"
-            " — check DATABASE_URL / --database-url or the PG* environment variables"
-        )
+        detail = redact(" ".join(str(exc).split()))
         error: DatabaseError | ConfigError
-        if isinstance(exc, psycopg.OperationalError):
-            error = DatabaseError(message, retryable=True)
-        else:  # a malformed URL or an unknown option: a usage error, retrying cannot help
-            error = ConfigError(f"--database-url: {message}")
-        if any(p in str(exc) for p in _passwords(database_url)):
-            raise error from None  # the libpq message echoes the password: do not chain it
-        raise error from exc
+        if isinstance(exc, psycopg.OperationalError) and not _REFUSED_BEFORE_CONNECTING.search(
+            detail
+        ):
+            error = DatabaseError(
+                f"could not connect to the database at {_where(database_url)}: {detail}"
+                " — check that it is up and reachable, and DATABASE_URL / --database-url or the"
+                " PG* environment variables",
+                retryable=True,
+            )
+        else:  # libpq refused an option before connecting: retrying cannot help
+            error = _unusable(detail.removeprefix("connection is bad: "))
+        cause = exc if redact(str(exc)) == str(exc) else None  # never chain an echoed secret
+        raise error from cause
 
 
 def describe_database(conn: psycopg.Connection[Any]) -> str:

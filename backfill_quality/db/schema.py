@@ -1,29 +1,21 @@
-"""The target table and the tool's own schema: quoted names, column checks, migrations."""
+"""The target table: quoted names, finding it (through the search_path), column checks."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Sequence
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
 from backfill_quality.config import Target
-from backfill_quality.db.connection import _translate, _translated, describe_database
-from backfill_quality.db.migration_files import migration_files, split_statements
-from backfill_quality.errors import ConfigError, DatabaseError
+from backfill_quality.db.connection import _translated, describe_database
+from backfill_quality.errors import ConfigError
 
 INTEGER_ID_TYPES = frozenset({"smallint", "integer", "bigint"})
 TEXT_ID_TYPES = frozenset({"text", "character varying"})
 SUPPORTED_ID_TYPES = INTEGER_ID_TYPES | TEXT_ID_TYPES | {"uuid"}
 SCORE_TYPES = frozenset({"smallint", "integer", "bigint"})
 URL_TYPES = frozenset({"text", "character varying", "character"})
-MIGRATIONS_TABLE = "backfill_quality_migrations"
-MIGRATIONS_LOCK_KEY = 0x6266_7175_616C  # pg_advisory_lock key: two `migrate` runs never race
-LOCK_RETRY_DELAYS_S = (1.0, 2.0, 4.0, 8.0)
-"""Pauses before running a migration file again after a statement gave up waiting for a lock
-(2 s each time): about half a minute in all for another session's transaction to end."""
 
 
 # --- the target table --------------------------------------------------------------------------
@@ -36,7 +28,7 @@ def _table(target: Target) -> sql.Identifier:
 
 
 def _table_label(target: Target) -> str:
-    return f"{target.schema}.{target.table}" if target.schema else target.table
+    return target.label
 
 
 def _columns(conn: psycopg.Connection[Any], table_oid: int) -> dict[str, tuple[int, str]]:
@@ -58,7 +50,9 @@ def _is_unique_column(conn: psycopg.Connection[Any], table_oid: int, attnum: int
     return bool(row and row[0])
 
 
-def _find_table(conn: psycopg.Connection[Any], target: Target) -> int:
+def _find_table(
+    conn: psycopg.Connection[Any], target: Target, *, from_migrate: bool = False
+) -> int:
     qualified = _table(target).as_string(conn)
     row = conn.execute("SELECT to_regclass(%s)::oid", (qualified,)).fetchone()
     if row is None or row[0] is None:
@@ -72,10 +66,46 @@ def _find_table(conn: psycopg.Connection[Any], target: Target) -> int:
         existing = names[0] if names and names[0] else "none"
         raise ConfigError(
             f"--table: table {_table_label(target)!r} does not exist in"
-            f" {describe_database(conn)} (tables found: {existing}); check --table,"
-            " or run `backfill-quality migrate` to create the default `images` table"
+            f" {describe_database(conn)} (tables found: {existing}){_elsewhere_hint(conn, target)};"
+            + (
+                " check --table (migrate creates only the demo's `images`, when no --table is"
+                " given)"
+                if from_migrate
+                else " check --table, or run `backfill-quality migrate` to create the default"
+                " `images` table"
+            )
         )
     return int(row[0])
+
+
+def tables_named_elsewhere(conn: psycopg.Connection[Any], target: Target) -> list[str]:
+    """Tables of the target's name (any case) in schemas the name did not reach, as
+    `schema.table` labels: the user's table may be there, off the search_path."""
+    rows = conn.execute(
+        "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE c.relkind IN ('r', 'p') AND lower(c.relname) = lower(%s)"
+        " AND n.nspname NOT IN ('pg_catalog', 'information_schema')"
+        " AND (%s::text IS NULL OR n.nspname <> %s OR c.relname <> %s)"
+        " ORDER BY 1, 2 LIMIT 5",
+        (target.table, target.schema, target.schema, target.table),
+    ).fetchall()
+    return [Target(table=table, schema=schema).label for schema, table in rows]
+
+
+def _elsewhere_hint(conn: psycopg.Connection[Any], target: Target) -> str:
+    if target.schema:  # `--table a.b` for a table named "a.b"?
+        dotted = Target(table=f"{target.schema}.{target.table}")
+        if len(dotted.table.encode()) <= 63 and conn.execute(
+            "SELECT to_regclass(%s)", (_table(dotted).as_string(conn),)
+        ).fetchone() != (None,):
+            return (
+                f"; a table named {dotted.label} exists: double-quote it, --table '{dotted.label}'"
+            )
+    found = tables_named_elsewhere(conn, target)
+    if not found:
+        return ""
+    options = " or ".join(f"--table {label}" for label in found)
+    return f"; found {', '.join(found)}, not on the search_path: use {options}"
 
 
 def _require_column(
@@ -118,101 +148,3 @@ def check_target(conn: psycopg.Connection[Any], target: Target) -> str:
             f"--url-column: column {target.url_column!r} has type {url_type}; it must be text"
         )
     return id_type
-
-
-# --- migrations --------------------------------------------------------------------------------
-
-
-def applied_migrations(conn: psycopg.Connection[Any]) -> set[str]:
-    """Names recorded in the migrations table (created if absent)."""
-    conn.execute(
-        sql.SQL(
-            "CREATE TABLE IF NOT EXISTS {} (name text PRIMARY KEY,"
-            " applied_at timestamptz NOT NULL DEFAULT now())"
-        ).format(sql.Identifier(MIGRATIONS_TABLE))
-    )
-    rows = conn.execute(sql.SQL("SELECT name FROM {}").format(sql.Identifier(MIGRATIONS_TABLE)))
-    return {str(name) for (name,) in rows.fetchall()}
-
-
-class _LockWaitExpired(Exception):
-    """A migration statement gave up waiting for its lock (the file's lock_timeout)."""
-
-
-def _apply_migration(conn: psycopg.Connection[Any], name: str, script: str) -> None:
-    for statement in split_statements(script):
-        try:
-            conn.execute(statement.encode())  # bytes: the SQL text is sent as is (no % params)
-        except psycopg.errors.LockNotAvailable as exc:
-            raise _LockWaitExpired(name) from exc
-        except psycopg.Error as exc:
-            error = _translate(exc, f"applying migration {name}")
-            raise DatabaseError(
-                f"{error} (the migration is idempotent: fix the cause and run `migrate` again)",
-                retryable=error.retryable,
-            ) from exc
-    conn.execute(
-        "INSERT INTO backfill_quality_migrations (name) VALUES (%s) ON CONFLICT (name) DO NOTHING",
-        (name,),
-    )
-
-
-def _apply_with_retries(
-    conn: psycopg.Connection[Any],
-    name: str,
-    script: str,
-    delays_s: Sequence[float],
-    on_lock_wait: Callable[[str], None],
-) -> None:
-    """Apply one file; when a statement gives up waiting for a lock, pause and run the whole
-    file again (its statements are idempotent), at most len(delays_s) more times."""
-    for attempt, delay_s in enumerate((*delays_s, None), start=1):
-        try:
-            _apply_migration(conn, name, script)
-            return
-        except _LockWaitExpired as exc:
-            if delay_s is None:
-                raise DatabaseError(
-                    f"applying migration {name}: the table stayed locked by another session "
-                    f"({len(delays_s) + 1} tries, each waiting briefly so as not to hold up its "
-                    "queries); run `migrate` again once that session's long transaction has ended",
-                    retryable=True,
-                ) from exc.__cause__
-            on_lock_wait(
-                f"{name}: the table is locked by another session; trying again in {delay_s:g}s"
-                f" (attempt {attempt + 1} of {len(delays_s) + 1})"
-            )
-            time.sleep(delay_s)
-
-
-def apply_migrations(
-    conn: psycopg.Connection[Any],
-    *,
-    lock_retry_delays_s: Sequence[float] = LOCK_RETRY_DELAYS_S,
-    on_lock_wait: Callable[[str], None] = lambda message: None,
-) -> list[str]:
-    """Apply pending migration files in order, each statement in autocommit; return their names.
-
-    A file is recorded only once all its statements succeeded, so an interrupted run (say
-    during CREATE INDEX CONCURRENTLY) re-runs the whole file, which cleans up after itself.
-    Statements that need a strong lock wait for it at most 2 s (each file's lock_timeout): a
-    statement queued for such a lock holds up every query behind it. The file is then tried
-    again after each of `lock_retry_delays_s`, and `on_lock_wait` is told so.
-    """
-    if not conn.autocommit:
-        raise DatabaseError("apply_migrations needs an autocommit connection (use db.connect)")
-    applied: list[str] = []
-    with _translated("preparing the migrations"):
-        conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATIONS_LOCK_KEY,))
-    try:
-        with _translated("reading the applied migrations"):
-            done = applied_migrations(conn)
-        for name, script in migration_files():
-            if name not in done:
-                _apply_with_retries(conn, name, script, lock_retry_delays_s, on_lock_wait)
-                applied.append(name)
-    finally:
-        if not conn.closed:
-            conn.execute("RESET lock_timeout")
-            conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATIONS_LOCK_KEY,))
-    return applied

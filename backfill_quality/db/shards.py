@@ -1,8 +1,8 @@
 """Shard key ranges: the contiguous [lo, hi) slice of the key space of worker K of N.
 
 Integer slices are cut from bounds recorded once per (table and key column, N) in the shard
-plan table (migration 005), so workers started at different times, and every resume, use the
-same slices: PostgreSQL is the coordinator, and no row falls between two slices.
+plan table (`migrate` step `shard-plan`), so workers started at different times, and every
+resume, use the same slices: PostgreSQL is the coordinator, and no row falls between two slices.
 """
 
 from __future__ import annotations

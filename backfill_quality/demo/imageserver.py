@@ -17,6 +17,11 @@ Routes, chosen by path (`?img=<path>` names a registered image):
 - `/set-cookie/<key>?img=` — the image, with a `Set-Cookie` header (`cookie_hits` counts the
   requests to any path that came back with a `Cookie` header).
 - `/slow/<ms>[?img=]` — waits <ms> before the headers, then the image (or a short text body).
+- `/rate-limited/<rps>/<key>?img=` — the image, unless <rps> requests of that path were already
+  served in the last second: then 429 with `Retry-After: 1`.
+- `/loaded/<base_ms>/<step_ms>/<key>?img=` — the image after base_ms + step_ms x (requests of
+  that path in flight - 1): a host that slows with load.
+  Both log every answer (`served(path)`: time, status, requests in flight, latency).
 - `/stall` — headers (Content-Length 1 MB) and 1 KB of body, then nothing until the client leaves.
 - `/reset` — headers (Content-Length 1 MB), 16 KB of body, then a TCP reset.
 - `/truncated` — Content-Length 1 MB, 16 KB of body, then a clean close.
@@ -39,6 +44,7 @@ import email.utils
 import hashlib
 import socket
 import threading
+import time
 from collections import Counter
 from dataclasses import dataclass
 from types import TracebackType
@@ -58,6 +64,17 @@ from backfill_quality.demo.wire import (
 
 _FAULT_LENGTH = 1_000_000
 _HUGE_LENGTH = 1_000_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class Served:
+    """One answer of a logged route: when (monotonic s), its status, how many requests of
+    that path were in flight as it arrived (itself included), and the latency it was given."""
+
+    at_s: float
+    status: int
+    in_flight: int
+    latency_s: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +102,8 @@ class ImageServer:
         self._hits: Counter[str] = Counter()
         self._sent: Counter[str] = Counter()
         self._cookie_hits = 0
+        self._served: dict[str, list[Served]] = {}
+        self._in_flight: Counter[str] = Counter()
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping: asyncio.Event | None = None
@@ -117,6 +136,11 @@ class ImageServer:
         """How many requests (to any path) carried a `Cookie` header."""
         with self._lock:
             return self._cookie_hits
+
+    def served(self, path: str) -> list[Served]:
+        """The answers of a logged route (`/rate-limited/…`, `/loaded/…`), in order."""
+        with self._lock:
+            return list(self._served.get(path, ()))
 
     def bytes_sent(self, path: str) -> int:
         """How many body bytes the streaming fault routes wrote for `path`."""
@@ -255,6 +279,10 @@ class ImageServer:
             cookie = {"Set-Cookie": f"session={parts[1]}; Path=/"}
             await send(writer, 200, body, "image/jpeg", headers=cookie)
             return True
+        if head == "rate-limited" and len(parts) == 3 and parts[1].isdigit():
+            return await self._rate_limited(request, writer, int(parts[1]))
+        if head == "loaded" and len(parts) == 4 and parts[1].isdigit() and parts[2].isdigit():
+            return await self._loaded(request, writer, float(parts[1]), float(parts[2]))
         if head == "slow" and len(parts) == 2:
             await asyncio.sleep(float(parts[1]) / 1000.0)
             if request.arg("img") is None:
@@ -305,6 +333,43 @@ class ImageServer:
             return True
         await send(writer, 404, b"Not Found", "text/plain")
         return True
+
+    async def _rate_limited(
+        self, request: Request, writer: asyncio.StreamWriter, per_s: int
+    ) -> bool:
+        now_s = time.monotonic()
+        with self._lock:
+            log = self._served.setdefault(request.path, [])
+            recent = 0
+            for answer in reversed(log):
+                if now_s - answer.at_s >= 1.0:
+                    break
+                recent += answer.status == 200
+            status = 429 if recent >= per_s else 200
+            log.append(Served(now_s, status, 1, 0.0))
+        if status == 429:
+            headers = {"Retry-After": "1"}
+            await send(writer, 429, b"Too Many Requests", "text/plain", headers=headers)
+            return True
+        return await self._send_named_image(request, writer)
+
+    async def _loaded(
+        self, request: Request, writer: asyncio.StreamWriter, base_ms: float, step_ms: float
+    ) -> bool:
+        path = request.path
+        with self._lock:
+            self._in_flight[path] += 1
+            in_flight = self._in_flight[path]
+            latency_s = (base_ms + step_ms * (in_flight - 1)) / 1000.0
+            self._served.setdefault(path, []).append(
+                Served(time.monotonic(), 200, in_flight, latency_s)
+            )
+        try:
+            await asyncio.sleep(latency_s)
+        finally:
+            with self._lock:
+                self._in_flight[path] -= 1
+        return await self._send_named_image(request, writer)
 
     async def _send_named_image(self, request: Request, writer: asyncio.StreamWriter) -> bool:
         name = request.arg("img") or ""

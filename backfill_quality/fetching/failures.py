@@ -15,6 +15,8 @@ from backfill_quality.errors import FetchError
 
 _TRUNCATED_RE = re.compile(r"received (\d+) bytes, expected (\d+)")
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+PUSHBACK_STATUSES = frozenset({429, 503})
+"""Statuses by which a host says "too much": `--concurrency auto` backs off on them."""
 
 
 class AttemptError(Exception):
@@ -27,12 +29,15 @@ class AttemptError(Exception):
         *,
         retryable: bool,
         retry_after_s: float | None = None,
+        pushback: str | None = None,
     ) -> None:
         super().__init__(what)
         self.what = what
         self.detail = detail
         self.retryable = retryable
         self.retry_after_s = retry_after_s
+        self.pushback = pushback
+        """Set when the host pushed back (429, 503, timeout, connection error): a short name."""
 
     def to_fetch_error(self, attempts: int) -> FetchError:
         message = self.what
@@ -57,7 +62,10 @@ def status_error(response: httpx.Response) -> AttemptError:
     header = response.headers.get("retry-after")
     retry_after_s = parse_retry_after(header) if header and is_retryable else None
     return AttemptError(
-        f"HTTP {status} {reason}", retryable=is_retryable, retry_after_s=retry_after_s
+        f"HTTP {status} {reason}",
+        retryable=is_retryable,
+        retry_after_s=retry_after_s,
+        pushback=f"HTTP {status}" if status in PUSHBACK_STATUSES else None,
     )
 
 
@@ -81,12 +89,15 @@ def translate_httpx_error(exc: httpx.HTTPError, url: str, timeout_s: float) -> A
             httpx.WriteTimeout: "write",
             httpx.PoolTimeout: "pool",
         }.get(type(exc), "")
-        return AttemptError("timed out", f"{phase} timeout {timeout_s:g}s".strip(), retryable=True)
+        detail = f"{phase} timeout {timeout_s:g}s".strip()
+        return AttemptError("timed out", detail, retryable=True, pushback="timeout")
     if isinstance(exc, httpx.ConnectError):
         causes = list(_exception_chain(exc))
         lowered = " ".join(str(cause) for cause in causes).lower()
         if any(isinstance(cause, ConnectionRefusedError) for cause in causes):
-            return AttemptError("connection refused", address, retryable=True)
+            return AttemptError(
+                "connection refused", address, retryable=True, pushback="connection refused"
+            )
         if (
             any(isinstance(cause, socket.gaierror) for cause in causes)
             or "name or service" in lowered
@@ -96,17 +107,25 @@ def translate_httpx_error(exc: httpx.HTTPError, url: str, timeout_s: float) -> A
             return AttemptError("could not resolve host", host, retryable=True)
         if "certificate" in lowered:
             return AttemptError("TLS certificate verification failed", host, retryable=False)
-        return AttemptError("could not connect", f"{address}: {text}", retryable=True)
+        return AttemptError(
+            "could not connect", f"{address}: {text}", retryable=True, pushback="connection error"
+        )
     if isinstance(exc, httpx.RemoteProtocolError):
         match = _TRUNCATED_RE.search(text)
         detail = f"got {match[1]} of {match[2]} bytes" if match else text
-        return AttemptError("connection closed mid-response", detail, retryable=True)
+        return AttemptError(
+            "connection closed mid-response", detail, retryable=True, pushback="connection error"
+        )
     if isinstance(exc, httpx.ReadError | httpx.WriteError):
         causes = _exception_chain(exc)
         if any(isinstance(cause, ConnectionResetError | BrokenPipeError) for cause in causes):
-            return AttemptError("connection reset", address, retryable=True)
+            return AttemptError(
+                "connection reset", address, retryable=True, pushback="connection reset"
+            )
         reason = next((str(cause) for cause in causes if str(cause)), type(exc).__name__)
-        return AttemptError("connection error", f"{address}: {reason}", retryable=True)
+        return AttemptError(
+            "connection error", f"{address}: {reason}", retryable=True, pushback="connection error"
+        )
     if isinstance(exc, httpx.DecodingError):
         return AttemptError("could not decode the response body", text, retryable=False)
     if isinstance(exc, httpx.UnsupportedProtocol | httpx.InvalidURL):

@@ -17,14 +17,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
-from backfill_quality.config import Shard
+from backfill_quality.config import RunSettings, Shard, Target
 from backfill_quality.errors import CheckpointError, CheckpointWriteError
 from backfill_quality.models import Outcome, RowId
+from backfill_quality.pipeline.target import target_tag
 from backfill_quality.redaction import redact
 
 CHECKPOINT_VERSION = 1
 LEGACY_DETECTOR = "heuristic"
 """The detector of checkpoints written before the key existed: the only one there was."""
+DECILES = 10
 _RESTART_HINT = "delete it or use --restart"
 _ABSENT: Any = object()
 
@@ -48,6 +50,11 @@ class FailedImage:
             entry = {"id": self.id, "url": url, "error": error, "attempts": self.attempts}
             self._json = json.dumps(entry, ensure_ascii=False)
         return self._json
+
+
+def decile_of(score: int) -> int:
+    """0 for 0-9, 1 for 10-19, … 9 for 90-100 (100 belongs to the top decile)."""
+    return min(max(score, 0) // 10, DECILES - 1)
 
 
 def _now() -> datetime:
@@ -78,6 +85,8 @@ class Checkpoint:
     target: str = ""
     detector: str = LEGACY_DETECTOR
     """The --detector of the run that wrote it: a resumed run must score with the same one."""
+    score_histogram: list[int] = field(default_factory=lambda: [0] * DECILES)
+    """The scores this run (and the runs it resumed) gave, by decile: 0-9, 10-19, … 90-100."""
 
     def record(self, outcome: Outcome, *, is_skipped: bool = False) -> None:
         """Count one finished row (is_skipped: someone else scored it between read and write)."""
@@ -86,6 +95,8 @@ class Checkpoint:
             self.skipped += 1
         elif outcome.is_success:
             self.succeeded += 1
+            if outcome.score is not None:
+                self.score_histogram[decile_of(outcome.score)] += 1
         else:
             self.failed += 1
             self.failed_images.append(
@@ -147,6 +158,7 @@ class Checkpoint:
             "target": self.target,
             "shard": self.shard,
             "detector": self.detector,
+            "scoreHistogram": self.score_histogram,
         }
 
     @classmethod
@@ -171,6 +183,7 @@ class Checkpoint:
             finished=get("finished", bool),
             target=get("target", str),
             detector=get("detector", str) if "detector" in data else LEGACY_DETECTOR,
+            score_histogram=reader.histogram("scoreHistogram"),
         )
 
 
@@ -179,7 +192,7 @@ _REQUIRED_KEYS = frozenset(
     | {"lastProcessedId", "estimatedTimeRemaining", "finished", "dryRun", "fingerprint"}
     | {"target", "shard", "failedImages"}
 )
-_OPTIONAL_KEYS = frozenset({"detector"})
+_OPTIONAL_KEYS = frozenset({"detector", "scoreHistogram"})
 """Keys added since version 1, absent from the files older releases wrote."""
 _EXPECTED = {str: "a string", bool: "true or false", int: "an integer ≥ 0", list: "a list"}
 
@@ -232,6 +245,15 @@ class _Reader:
             self.fail(f"has {key} = {raw[:40]!r}, expected an ISO 8601 time")
         return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
+    def histogram(self, key: str) -> list[int]:
+        """Ten counts (deciles); absent from files older releases wrote: zeros then."""
+        if key not in self.data:
+            return [0] * DECILES
+        counts: list[Any] = self.get(key, list)
+        if len(counts) != DECILES:
+            self.fail(f"has {key} with {len(counts)} counts, expected {DECILES}")
+        return [self.get(f"{key}[{i}]", int, count) for i, count in enumerate(counts)]
+
     def failed_images(self) -> list[FailedImage]:
         images = []
         for index, entry in enumerate(self.get("failedImages", list)):
@@ -251,16 +273,32 @@ class _Reader:
         return images
 
 
-def checkpoint_path_for(base: Path, *, dry_run: bool, shard: Shard | None) -> Path:
-    """The file for this kind of run: x.json, x.dry-run.json, x.shard-0-of-4.json, …"""
-    tags = ([f"shard-{shard.index}-of-{shard.count}"] if shard else []) + (
-        ["dry-run"] if dry_run else []
+def checkpoint_path_for(
+    base: Path, *, dry_run: bool, shard: Shard | None, target: Target | None = None
+) -> Path:
+    """The file for this target and kind of run: x.json (the default table), x.photos.json,
+    x.dry-run.json, x.photos.shard-0-of-4.json, …; `target` None is the default table."""
+    tag = target_tag(target) if target is not None else None
+    tags = (
+        ([tag] if tag else [])
+        + ([f"shard-{shard.index}-of-{shard.count}"] if shard else [])
+        + (["dry-run"] if dry_run else [])
     )
     if not tags:
         return base
     suffix = base.suffix if base.suffix == ".json" else ""
     stem = base.name[: len(base.name) - len(suffix)]
     return base.with_name(".".join([stem, *tags]) + suffix)
+
+
+def run_checkpoint_path(settings: RunSettings) -> Path:
+    """The checkpoint file of a run with these settings (see `checkpoint_path_for`)."""
+    return checkpoint_path_for(
+        settings.checkpoint_path,
+        dry_run=settings.dry_run,
+        shard=settings.shard,
+        target=settings.target,
+    )
 
 
 # --- load and save ----------------------------------------------------------------------------

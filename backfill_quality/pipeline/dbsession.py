@@ -36,8 +36,15 @@ class DatabaseSession:
         *,
         on_reconnect: Callable[[str], None] | None = None,
         reconnect_budget_s: float = RECONNECT_BUDGET_S,
+        application_name: str = "backfill-quality",
+        on_connect: Callable[[Any], None] | None = None,
     ) -> None:
+        """`on_connect(conn)` runs on every new connection before its first use (the run
+        takes its lock there, again after each reconnect); what it raises reaches the caller,
+        retried like a statement when it is a retryable DatabaseError."""
         self._url = database_url
+        self._application_name = application_name
+        self._on_connect = on_connect
         self._conn: Any = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bq-db")
         self._on_reconnect = on_reconnect
@@ -93,7 +100,15 @@ class DatabaseSession:
 
     def _connect(self) -> Any:
         if self._conn is None:
-            self._conn = db.connect(self._url)
+            conn = db.connect(self._url, application_name=self._application_name)
+            if self._on_connect is not None:
+                try:
+                    self._on_connect(conn)
+                except BaseException:
+                    with contextlib.suppress(Exception):  # the error below says what matters
+                        conn.close()
+                    raise
+            self._conn = conn
         return self._conn
 
     def _call_sync(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:

@@ -26,7 +26,7 @@ from backfill_quality import __version__
 from backfill_quality.config import RunSettings, Shard
 from backfill_quality.errors import BackfillError, ConfigError
 from backfill_quality.models import RunSummary
-from backfill_quality.pipeline.checkpoint import checkpoint_path_for
+from backfill_quality.pipeline.checkpoint import run_checkpoint_path
 from backfill_quality.redaction import redact
 
 DEFAULT_NOTIFY_TIMEOUT_S = 10.0
@@ -155,11 +155,7 @@ class Webhook:
         self._sleep = sleep
         self.shard = run.shard if run else None
         self.dry_run = run.dry_run if run else False
-        self.checkpoint_path = (
-            str(checkpoint_path_for(run.checkpoint_path, dry_run=run.dry_run, shard=run.shard))
-            if run
-            else ""
-        )
+        self.checkpoint_path = str(run_checkpoint_path(run)) if run else ""
 
     def send(self, payload: dict[str, Any]) -> bool:
         """POST `payload`; True when the endpoint answered 2xx, else False after a warning."""

@@ -10,6 +10,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Protocol
 
+from backfill_quality.fetching.controller import LevelChange
 from backfill_quality.models import Outcome, RowId, RunSummary
 from backfill_quality.pipeline.checkpoint import Checkpoint
 
@@ -60,11 +61,28 @@ class EtaEstimator:
 
 
 class Reporter(Protocol):
-    """What the runner tells the user about; implementations decide how it looks."""
+    """What the runner tells the user about; implementations decide how it looks.
 
-    def start(self, *, total: int, resumed_from: RowId | None, dry_run: bool) -> None: ...
+    `start` gets `started_s`, the `time.monotonic()` at which the run started: every elapsed time
+    shown (the live bar, progress lines, the summary's) is counted from it, so they agree.
+    """
+
+    def start(
+        self,
+        *,
+        total: int,
+        resumed_from: RowId | None,
+        dry_run: bool,
+        started_s: float,
+        limit: int | None = None,
+    ) -> None:
+        """`total`: every row left (with those done before a resume); `limit`: --limit."""
+
     def row_done(self, outcome: Outcome) -> None: ...
     def page_done(self, checkpoint: Checkpoint) -> None: ...
+    def level_changed(self, change: LevelChange) -> None:
+        """Downloads in flight: the first level (`old` 0), then every move and why."""
+
     def info(self, message: str) -> None: ...
     def warning(self, message: str) -> None: ...
     def error(self, message: str) -> None: ...

@@ -9,7 +9,7 @@ from typing import Any
 from backfill_quality import db
 from backfill_quality.config import RunSettings
 from backfill_quality.errors import CheckpointError, ConfigError
-from backfill_quality.pipeline.checkpoint import Checkpoint, checkpoint_path_for, load_checkpoint
+from backfill_quality.pipeline.checkpoint import Checkpoint, load_checkpoint, run_checkpoint_path
 from backfill_quality.pipeline.target import describe_target, make_fingerprint
 
 
@@ -21,7 +21,11 @@ class RunStart:
     path: Path
     id_range: db.IdRange | None
     left: int
+    """Unscored rows after the checkpoint's mark (in the shard), whatever --limit says."""
+    notes: tuple[str, ...] = ()
+    """What the user should know about the start (a replaced dry-run checkpoint)."""
     warnings: tuple[str, ...] = ()
+    """What may go wrong later (a dry run without the results table)."""
 
 
 def prepare_run(conn: Any, s: RunSettings) -> RunStart:
@@ -38,8 +42,9 @@ def prepare_run(conn: Any, s: RunSettings) -> RunStart:
         )
     database = db.describe_database(conn)
     fingerprint = make_fingerprint(database=database, target=s.target, shard=s.shard)
-    path = checkpoint_path_for(s.checkpoint_path, dry_run=s.dry_run, shard=s.shard)
+    path = run_checkpoint_path(s)
     description = describe_target(database=database, target=s.target, shard=s.shard)
+    replaced = _replaced_dry_run(s, path)
     checkpoint = prepare_checkpoint(s, path, fingerprint, description)
     mark = checkpoint.last_processed_id
     if checkpoint.failed_images:
@@ -51,11 +56,26 @@ def prepare_run(conn: Any, s: RunSettings) -> RunStart:
         checkpoint.forget_failures(past)
     id_range = db.key_range_for_shard(conn, s.target, id_type, s.shard) if s.shard else None
     left = db.count_unscored(conn, s.target, after_id=mark, id_range=id_range)
-    if s.limit is not None:
-        left = min(left, s.limit)
-    checkpoint.total = checkpoint.processed + left
+    checkpoint.total = checkpoint.processed + left  # every row left: --limit is shown apart
     checkpoint.finished = False
-    return RunStart(checkpoint, path, id_range, left, warnings)
+    notes = (replaced,) if replaced else ()
+    return RunStart(checkpoint, path, id_range, left, notes, warnings)
+
+
+def _replaced_dry_run(settings: RunSettings, path: Path) -> str | None:
+    """The note when a new dry run replaces an unfinished one's checkpoint, else None."""
+    if not settings.dry_run or settings.resume or settings.retry_failed or settings.restart:
+        return None
+    try:
+        existing = load_checkpoint(path)
+    except CheckpointError:
+        return f"replacing the unreadable dry-run checkpoint {path}"
+    if existing is None or existing.finished:
+        return None
+    return (
+        f"replacing the earlier dry run's checkpoint {path} ({existing.processed} of "
+        f"{existing.total} rows); --dry-run --resume would have continued it"
+    )
 
 
 def prepare_checkpoint(
@@ -79,6 +99,9 @@ def _choose(settings: RunSettings, path: Path, fingerprint: str, description: st
         detector=str(settings.detector),
     )
     if settings.restart:
+        return fresh
+    if settings.dry_run and not (settings.resume or settings.retry_failed):
+        # a dry run wrote nothing: its checkpoint is a report, and never in the next one's way
         return fresh
     existing = load_checkpoint(path)
     if settings.retry_failed:

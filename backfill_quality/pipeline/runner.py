@@ -21,22 +21,26 @@ from typing import Any
 from backfill_quality import db
 from backfill_quality.config import RunSettings, available_cpus
 from backfill_quality.errors import BackfillError, DecodeError, FetchError, ModelError
+from backfill_quality.fetching.controller import LevelChange
 from backfill_quality.fetching.fetcher import ImageFetcher
+from backfill_quality.fetching.gate import Slots
 from backfill_quality.models import ImageRow, Outcome, RowId, RunSummary
-from backfill_quality.pipeline.checkpoint import Checkpoint, checkpoint_path_for, save_checkpoint
+from backfill_quality.pipeline.checkpoint import Checkpoint, run_checkpoint_path, save_checkpoint
 from backfill_quality.pipeline.dbsession import DatabaseSession
 from backfill_quality.pipeline.lowwater import LowWaterMark
 from backfill_quality.pipeline.progress import EtaEstimator, Reporter
 from backfill_quality.pipeline.resume import RunStart, prepare_run
+from backfill_quality.pipeline.runlock import TargetLock, holder_name
 from backfill_quality.pipeline.scoringpool import ScoringPool
-from backfill_quality.pipeline.signals import StopSignals
+from backfill_quality.pipeline.signals import StopSignals, stopping_message
 from backfill_quality.results import result_to_dict
 from backfill_quality.scoring.version import scorer_version
 
 NOTHING_TO_DO = "No images need quality score backfill"
 WRITE_BATCH_MAX = 50
 SCORING_BACKLOG_PER_WORKER = 4
-"""Downloaded images that may wait for a scoring process, per process, beyond --concurrency."""
+"""Downloaded images that may wait for a scoring process, per process, beyond the downloads in
+flight (the level of --concurrency)."""
 
 
 @dataclass(slots=True)
@@ -58,6 +62,7 @@ class _State:
     pages: deque[_Page] = field(default_factory=deque)
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     is_exhausted: bool = False
+    row_slots: Slots = field(default_factory=lambda: Slots(1))
 
 
 class Runner:
@@ -70,9 +75,15 @@ class Runner:
         *,
         handle_signals: bool = True,
         skip_ids: Collection[RowId] = (),
+        lock: TargetLock | None = None,
     ) -> None:
+        """`lock`: the target's lock, when the caller holds it already (watch); by default a
+        run takes its own, and a dry run none (it writes nothing)."""
         self.settings = settings
         self.reporter = reporter
+        if lock is None and not settings.dry_run:
+            lock = TargetLock(settings.target, settings.shard, command="run")
+        self._lock = lock
         self._skip_ids = frozenset(skip_ids)  # watch mode: failed rows held back for a while
         self._interrupted: str | None = None
         self._fatal: BaseException | None = None
@@ -86,7 +97,7 @@ class Runner:
             on_give_up=self._fail,
             on_restart=reporter.warning,
         )
-        self._started = time.monotonic()
+        self._started = time.monotonic()  # reset when run() starts: the clock of every elapsed
         self._resumed_processed = 0
         self._signals = StopSignals(self._on_signal) if handle_signals else None
         self._main: asyncio.Task[RunSummary] | None = None
@@ -98,8 +109,21 @@ class Runner:
         """Run to the end of the table, to --limit, or to a signal; returns the summary."""
         return asyncio.run(self._run())
 
+    @property
+    def signal_received(self) -> str | None:
+        """'SIGINT' or 'SIGTERM' if one came during the run, also after its last row was saved
+        (the summary then calls the run finished, not interrupted)."""
+        return self._interrupted
+
     async def _run(self) -> RunSummary:
-        session = DatabaseSession(self.settings.database_url, on_reconnect=self.reporter.warning)
+        self._started = time.monotonic()
+        lock = self._lock
+        session = DatabaseSession(
+            self.settings.database_url,
+            on_reconnect=self.reporter.warning,
+            application_name=lock.application_name if lock else holder_name("run"),
+            on_connect=lock.ensure if lock else None,  # on the first connection, and each new one
+        )
         self._session = session
         self._main = asyncio.current_task()
         if self._signals is not None:
@@ -123,6 +147,8 @@ class Runner:
                     raise
                 return self._summary_before_start()
             checkpoint, path = start.checkpoint, start.path
+            for note in start.notes:
+                self.reporter.info(note)
             for warning in start.warnings:
                 self.reporter.warning(warning)
             save_checkpoint(path, checkpoint)  # from now on, --resume has something to resume
@@ -132,6 +158,8 @@ class Runner:
                 total=checkpoint.total,
                 resumed_from=checkpoint.last_processed_id,
                 dry_run=self.settings.dry_run,
+                limit=self.settings.limit,
+                started_s=self._started,
             )
             if checkpoint.processed:  # resumed: the bar starts where the last run stopped
                 self.reporter.page_done(checkpoint)
@@ -140,11 +168,17 @@ class Runner:
         finally:
             if self._interrupted is not None:
                 session.cancel()  # do not wait for a statement stuck on a lock
-            # closing joins the session's thread: off the loop, so a second signal still works
-            await asyncio.to_thread(session.close)
-            self._pool.shutdown()
-            if self._signals is not None:
-                self._signals.remove()
+            try:
+                # closing joins the session's thread and waits for the scoring processes: off the
+                # loop, so a signal meanwhile is still seen (watch stops; a second one exits)
+                await asyncio.to_thread(self._close, session)
+            finally:
+                if self._signals is not None:
+                    self._signals.remove()
+
+    def _close(self, session: DatabaseSession) -> None:
+        session.close()
+        self._pool.shutdown()
 
     def _prepare(self, conn: Any) -> RunStart:
         """On the database thread: check the target, choose the checkpoint, count the rows."""
@@ -171,7 +205,11 @@ class Runner:
         results: asyncio.Queue[tuple[Outcome, _Page]] = asyncio.Queue()
         writer = asyncio.create_task(self._write_loop(session, results, state, path))
         try:
-            async with ImageFetcher(s.fetch) as fetcher:
+            fetcher = ImageFetcher(
+                s.fetch, demand=self._pool.waited_s, on_level_change=self._on_level_change
+            )
+            self._on_level_change(LevelChange(0, fetcher.gate.level, self._level_origin()))
+            async with fetcher:
                 self._issuer = asyncio.create_task(
                     self._issue_rows(session, fetcher, results, state, id_range)
                 )
@@ -203,10 +241,7 @@ class Runner:
         id_range: db.IdRange | None,
     ) -> None:
         s = self.settings
-        rows_in_flight = asyncio.Semaphore(
-            s.fetch.concurrency + SCORING_BACKLOG_PER_WORKER * self._pool.workers
-        )
-        fetching = asyncio.Semaphore(s.fetch.concurrency)
+        rows_in_flight = state.row_slots
         left = s.limit
         cursor = state.checkpoint.last_processed_id
         next_read: asyncio.Task[list[ImageRow]] | None = asyncio.create_task(
@@ -214,7 +249,11 @@ class Runner:
         )
         is_short_page = False  # a page shorter than --batch-size: the table has no more rows
         while next_read is not None:
-            page_rows = await next_read
+            try:
+                page_rows = await next_read
+            except BackfillError as exc:  # stop as after a failed write: the checkpoint is saved
+                self._fail(exc)
+                return
             next_read = None
             is_short_page = len(page_rows) < s.batch_size
             rows = [row for row in page_rows if row.id not in self._skip_ids]
@@ -232,7 +271,7 @@ class Runner:
                 state.mark.issue(row.id)
                 page.remaining += 1
                 task = asyncio.create_task(
-                    self._process(row, fetcher, (rows_in_flight, fetching), results, page)
+                    self._process(row, fetcher, rows_in_flight, results, page)
                 )
                 state.tasks.add(task)
                 task.add_done_callback(state.tasks.discard)
@@ -261,28 +300,22 @@ class Runner:
         self,
         row: ImageRow,
         fetcher: ImageFetcher,
-        slots: tuple[asyncio.Semaphore, asyncio.Semaphore],
+        rows_in_flight: Slots,
         results: asyncio.Queue[tuple[Outcome, _Page]],
         page: _Page,
     ) -> None:
-        """One row from URL to outcome. `slots`: (rows in flight, of which downloading)."""
-        rows_in_flight, fetching = slots
+        """One row from URL to outcome; gives back its slot of the rows in flight."""
         try:
-            outcome = await self._score_row(row, fetcher, fetching)
+            outcome = await self._score_row(row, fetcher)
         finally:
             rows_in_flight.release()
         if outcome is not None:
             results.put_nowait((outcome, page))
 
-    async def _score_row(
-        self, row: ImageRow, fetcher: ImageFetcher, fetching: asyncio.Semaphore
-    ) -> Outcome | None:
+    async def _score_row(self, row: ImageRow, fetcher: ImageFetcher) -> Outcome | None:
         attempts = 1
         try:
-            async with fetching:
-                fetch_started_s = time.perf_counter()
-                fetched = await fetcher.fetch(row.url)
-                fetch_ms = (time.perf_counter() - fetch_started_s) * 1000
+            fetched = await fetcher.fetch(row.url)
             attempts = fetched.attempts
             scored = await self._pool.score(fetched.data)  # retried once if the pool broke
             result = result_to_dict(
@@ -292,7 +325,7 @@ class Runner:
                 scored_at=datetime.now(UTC),
                 etag=fetched.etag,
                 last_modified=fetched.last_modified,
-                fetch_ms=fetch_ms,
+                fetch_ms=None if fetched.download_s is None else fetched.download_s * 1000,
             )
             return Outcome(row, score=scored.score, attempts=attempts, result=result)
         except FetchError as exc:
@@ -367,6 +400,19 @@ class Runner:
         save_checkpoint(path, checkpoint)
         self.reporter.page_done(checkpoint)
 
+    def _level_origin(self) -> str:
+        fetch = self.settings.fetch
+        if fetch.is_adaptive:
+            return f"--concurrency auto starts here (at most {fetch.max_concurrency})"
+        return "fixed by --concurrency"
+
+    def _on_level_change(self, change: LevelChange) -> None:
+        """The downloads in flight moved: so do the rows in flight, and the user is told."""
+        if self._state is not None:
+            backlog = SCORING_BACKLOG_PER_WORKER * self._pool.workers
+            self._state.row_slots.set_limit(change.new + backlog)
+        self.reporter.level_changed(change)
+
     def _fail(self, exc: BaseException) -> None:
         """A fatal error (database gone past its reconnect budget, checkpoint unwritable): stop."""
         if self._fatal is None:
@@ -389,16 +435,13 @@ class Runner:
     def _on_signal(self, name: str) -> None:
         self._interrupted = name
         self._pool.stop_replacing()
-        self.reporter.warning(
-            f"{name} received: stopping after saving the checkpoint "
-            "(press Ctrl+C again to exit at once)"
-        )
+        self.reporter.warning(stopping_message(name))
         self._stop()
 
     def _summary_before_start(self) -> RunSummary:
         """Interrupted while starting: nothing was processed and no checkpoint was written."""
         s = self.settings
-        path = checkpoint_path_for(s.checkpoint_path, dry_run=s.dry_run, shard=s.shard)
+        path = run_checkpoint_path(s)
         return RunSummary(
             total=0,
             processed=0,
@@ -411,6 +454,7 @@ class Runner:
             interrupted=self._interrupted,
             failed_images=(),
             checkpoint_path=str(path),
+            limit=s.limit,
         )
 
     def _summary(self, checkpoint: Checkpoint, path: Path) -> RunSummary:
@@ -429,4 +473,6 @@ class Runner:
             interrupted=None if checkpoint.finished else self._interrupted,
             failed_images=tuple((f.id, f.url, f.error) for f in checkpoint.failed_images),
             checkpoint_path=str(path),
+            limit=self.settings.limit,
+            score_histogram=tuple(checkpoint.score_histogram),
         )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import multiprocessing
+import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -19,9 +20,10 @@ from concurrent.futures.process import BrokenProcessPool
 from backfill_quality.config import DetectorChoice, Thresholds, available_cpus
 from backfill_quality.errors import BackfillError
 from backfill_quality.models import ScoredImage
+from backfill_quality.pipeline.lifeline import FORKSERVER_PRELOAD_MODULE, Lifeline, start_forkserver
 from backfill_quality.pipeline.worker import (
     SCORING_MODULE,
-    ignore_signals,
+    prepare_worker,
     score_in_worker,
     warm_up,
 )
@@ -65,11 +67,33 @@ class ScoringPool:
         self._on_give_up = on_give_up
         self._on_restart = on_restart
         self._executor: ProcessPoolExecutor | None = None
+        self._lifeline: Lifeline | None = None
         self._crashes = 0
         self._is_replacing = True
+        self._outstanding = 0  # images handed to the processes and not yet scored
+        self._waited_s = 0.0
+        self._counted_until_s = time.monotonic()
+
+    def waited_s(self) -> float:
+        """Seconds the scoring processes have waited for images so far, averaged over them
+        (2 processes, one idle for 1 s: 0.5). What `--concurrency auto` grows on."""
+        self._count_idle()
+        return self._waited_s
+
+    def _count_idle(self) -> None:
+        now_s = time.monotonic()
+        idle = max(0, self.workers - self._outstanding)
+        self._waited_s += (now_s - self._counted_until_s) * idle / self.workers
+        self._counted_until_s = now_s
 
     def start(self) -> None:
-        """Create the pool (its processes start with the first tasks, e.g. `warm_up`)."""
+        """Create the pool (its processes start with the first tasks, e.g. `warm_up`).
+
+        Every process it starts dies with this one, however this one ends (`lifeline.py`)."""
+        self._lifeline = Lifeline()
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload([FORKSERVER_PRELOAD_MODULE, SCORING_MODULE])
+        start_forkserver()
         self._executor = self._new_executor()
 
     def warm_up(self) -> None:
@@ -105,12 +129,17 @@ class ScoringPool:
         """Stop the processes, dropping images not yet started; waits for the ones running."""
         if self._executor is not None:
             self._executor.shutdown(wait=True, cancel_futures=True)
+        if self._lifeline is not None:
+            self._lifeline.close()  # a scoring process of a replaced pool still exiting goes too
+            self._lifeline = None
 
     async def _score_once(self, data: bytes) -> ScoredImage:
         """Score in a worker process; a broken pool is replaced (once per breakage) and the
         error re-raised. Crash after crash with no success in between is fatal."""
         executor = self._executor
         assert executor is not None, "start() the pool first"
+        self._count_idle()
+        self._outstanding += 1
         try:
             return await asyncio.get_running_loop().run_in_executor(
                 executor,
@@ -130,6 +159,9 @@ class ScoringPool:
                     self._replace()
                     self._on_restart(RESTARTED)
             raise
+        finally:
+            self._count_idle()
+            self._outstanding -= 1
 
     def _replace(self) -> None:
         old = self._executor
@@ -139,8 +171,10 @@ class ScoringPool:
 
     def _new_executor(self) -> ProcessPoolExecutor:
         """Scoring processes, one per worker; forkserver, since the main process runs threads."""
-        context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload([SCORING_MODULE])
+        assert self._lifeline is not None, "start() the pool first"
         return ProcessPoolExecutor(
-            max_workers=self.workers, mp_context=context, initializer=ignore_signals
+            max_workers=self.workers,
+            mp_context=multiprocessing.get_context("forkserver"),
+            initializer=prepare_worker,
+            initargs=(self._lifeline.reader,),
         )

@@ -10,6 +10,17 @@ from typing import Any
 
 EXIT_SIGNALS = {"SIGINT": 130, "SIGTERM": 143}
 """The exit code after each signal (128 + its number), as shells report it."""
+HOW_TO_EXIT_AT_ONCE = {
+    "SIGINT": "press Ctrl+C again to exit at once",
+    "SIGTERM": "a second SIGTERM exits at once",
+}
+"""After the first signal, said in its own terms: Ctrl+C is a person at a terminal, SIGTERM is
+more often a process manager (systemd, Kubernetes, `kill`)."""
+
+
+def stopping_message(name: str) -> str:
+    """What the user is told when the first signal `name` arrives."""
+    return f"{name} received: stopping after saving the checkpoint ({HOW_TO_EXIT_AT_ONCE[name]})"
 
 
 class StopSignals:

@@ -25,6 +25,8 @@ from backfill_quality.redaction import redact
 
 CATEGORY_DECILES = {"high": range(8, 10), "medium": range(6, 8), "low": range(0, 6)}
 _SHARD = re.compile(r"^(\d+)/(\d+)$")
+SHARD_SUFFIX = re.compile(r" shard \d+/\d+$")
+"""The end of a shard checkpoint's `target`: what its shards' descriptions do not share."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,8 +68,10 @@ class TableStats:
 
 @dataclass(frozen=True, slots=True)
 class ShardGroup:
-    """The checkpoints of one N-way sharded run (real or dry), summed."""
+    """The checkpoints of one N-way sharded run (real or dry) of one target, summed."""
 
+    target: str
+    """The target without its shard, as the checkpoints describe it (database table(columns))."""
     count: int
     dry_run: bool
     present: list[int]
@@ -86,6 +90,9 @@ class StatusReport:
     checkpoints: list[CheckpointInfo]
     table: TableStats | None
     table_problem: str | None = None
+    table_problem_exit_code: int = 0
+    """The exit code of the error behind `table_problem`: 2 when an option must be fixed (a
+    malformed --database-url, an unknown table or column), 1 when the database failed."""
 
     @property
     def shard_groups(self) -> list[ShardGroup]:
@@ -121,16 +128,18 @@ def _modified_at(path: Path) -> datetime | None:
 
 
 def group_shards(checkpoints: list[CheckpointInfo]) -> list[ShardGroup]:
-    """Sum the shard checkpoints per (N, dry run); tells which shards have no checkpoint."""
-    groups: dict[tuple[int, bool], list[tuple[int, Checkpoint]]] = {}
+    """Sum the shard checkpoints per (target, N, dry run); tells which shards have none."""
+    groups: dict[tuple[str, int, bool], list[tuple[int, Checkpoint]]] = {}
     for info in checkpoints:
         cp = info.checkpoint
         match = _SHARD.match(cp.shard or "") if cp else None
         if cp is None or match is None:
             continue
-        groups.setdefault((int(match[2]), cp.dry_run), []).append((int(match[1]), cp))
+        target = SHARD_SUFFIX.sub("", cp.target)
+        groups.setdefault((target, int(match[2]), cp.dry_run), []).append((int(match[1]), cp))
     return [
         ShardGroup(
+            target=target,
             count=count,
             dry_run=dry_run,
             present=sorted(k for k, _ in members),
@@ -139,7 +148,7 @@ def group_shards(checkpoints: list[CheckpointInfo]) -> list[ShardGroup]:
             failed=sum(cp.failed for _, cp in members),
             finished=sum(cp.finished for _, cp in members),
         )
-        for (count, dry_run), members in sorted(groups.items())
+        for (target, count, dry_run), members in sorted(groups.items())
     ]
 
 
@@ -171,7 +180,7 @@ def report_status(
     try:
         table = table_stats(database_url, target, exact=exact)
     except BackfillError as exc:
-        return StatusReport(checkpoints, None, str(exc))
+        return StatusReport(checkpoints, None, str(exc), exc.exit_code)
     return StatusReport(checkpoints, table)
 
 
@@ -206,6 +215,7 @@ def status_to_dict(report: StatusReport) -> dict[str, Any]:
         "checkpoints": [_checkpoint_to_dict(info) for info in report.checkpoints],
         "shards": [
             {
+                "target": g.target,
                 "count": g.count,
                 "dryRun": g.dry_run,
                 "present": g.present,

@@ -7,10 +7,13 @@ import json
 import re
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from backfill_quality.config import Shard, Target
+from backfill_quality.config import DEFAULT_SCORE_COLUMN, DEFAULT_TABLE, Shard, Target
 from backfill_quality.redaction import redact
 
 _CONNINFO_PAIR = re.compile(r"(\w+)\s*=\s*('(?:[^'\\]|\\.)*'|\S+)")
+_UNSAFE_IN_FILE_NAME = re.compile(r"[^A-Za-z0-9_-]+")
+MAX_TAG_CHARS = 100
+DEFAULT_SCHEMAS = (None, "", "public")
 
 
 def database_identity(database: str) -> str:
@@ -38,11 +41,11 @@ def database_identity(database: str) -> str:
 
 
 def describe_target(*, database: str, target: Target, shard: Shard | None) -> str:
-    """A readable, secret-free description, e.g. 'db:5432/app images(id,url→quality_score)'."""
-    table = f"{target.schema}.{target.table}" if target.schema else target.table
+    """A readable, secret-free description, e.g. 'db:5432/app images(id,url→quality_score)';
+    the table as SQL names it (`media.photos`, `"My Schema"."photos.v2"`)."""
     text = (
         f"{database_identity(database)} "
-        f"{table}({target.id_column},{target.url_column}→{target.score_column})"
+        f"{target.label}({target.id_column},{target.url_column}→{target.score_column})"
     )
     return f"{text} shard {shard}" if shard else text
 
@@ -60,3 +63,39 @@ def make_fingerprint(*, database: str, target: Target, shard: Shard | None) -> s
     }
     payload = json.dumps(identity, sort_keys=True, ensure_ascii=False).encode()
     return hashlib.sha256(payload).hexdigest()[:16]
+
+
+def target_tag(target: Target) -> str | None:
+    """What tells this target's checkpoint file apart from the default one's, or None.
+
+    None for the default target (`images`, scored into `quality_score`), which keeps the
+    SPEC's `.backfill-progress.json`; else the schema outside `public`, the table, and the score
+    column when it is not the default, each made safe for a file name and joined by dots:
+    `photos`, `media.photos`, `images.score_v2`.
+    """
+    schema = None if target.schema in DEFAULT_SCHEMAS else target.schema
+    is_default_table = schema is None and target.table == DEFAULT_TABLE
+    if is_default_table and target.score_column == DEFAULT_SCORE_COLUMN:
+        return None
+    parts = [schema, target.table] + (
+        [target.score_column] if target.score_column != DEFAULT_SCORE_COLUMN else []
+    )
+    safe = [_UNSAFE_IN_FILE_NAME.sub("_", part) for part in parts if part is not None]
+    return ".".join(safe)[:MAX_TAG_CHARS]
+
+
+def lock_keys(table: str, score_column: str, shard: Shard | None) -> tuple[int, int | None]:
+    """The advisory lock keys of a target (signed 64-bit): (the table's, the shard's or None).
+
+    `table` is the server's `schema.table`, so every spelling of one table gives one key; the
+    score column is part of the target (two scores of one table are two jobs). The database is
+    not: PostgreSQL keeps advisory locks per database already.
+    """
+    table_key = _key64("backfill-quality run", table, score_column)
+    shard_key = _key64("backfill-quality shard", table, score_column, str(shard)) if shard else None
+    return table_key, shard_key
+
+
+def _key64(*parts: str) -> int:
+    payload = json.dumps(parts, ensure_ascii=False).encode()
+    return int.from_bytes(hashlib.sha256(payload).digest()[:8], "big", signed=True)

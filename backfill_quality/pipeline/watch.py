@@ -2,10 +2,11 @@
 
 Each cycle is one `Runner` pass over the unscored rows (cheap however big the table: the page
 query reads the partial index of unscored rows), so watch has the run's fetching, scoring,
-guarded writes, checkpoint and progress. Cycles start when PostgreSQL notifies us (migration 004:
-`NOTIFY backfill_quality` on insert and url change) and at least every `poll_interval_s`, so a
-missed notification (watch restarting, trigger disabled, a table without the trigger) delays a
-row by one poll interval at most, never loses it.
+guarded writes, checkpoint and progress. Cycles start when PostgreSQL notifies us (`migrate
+--watch` installs the trigger: NOTIFY on the table's own channel, read back from the trigger, on
+insert and url change) and at least every `poll_interval_s`, so a missed notification (watch
+restarting, trigger disabled, a table without the trigger) delays a row by one poll interval at
+most, never loses it.
 
 A row that failed is held back for `retry_failed_after_s` (in memory) so a broken URL is not
 fetched again on every cycle; a restarted watch tries it once more.
@@ -27,17 +28,20 @@ from types import FrameType
 from typing import Any
 
 from backfill_quality import db
-from backfill_quality.config import RunSettings
+from backfill_quality.config import (
+    DEFAULT_POLL_INTERVAL_S,
+    DEFAULT_RETRY_FAILED_AFTER_S,
+    RunSettings,
+)
 from backfill_quality.errors import ConfigError, DatabaseError
+from backfill_quality.fetching.controller import LevelChange
 from backfill_quality.models import Outcome, RowId, RunSummary
 from backfill_quality.pipeline.checkpoint import Checkpoint
 from backfill_quality.pipeline.progress import Reporter
+from backfill_quality.pipeline.runlock import TargetLock
 from backfill_quality.pipeline.runner import NOTHING_TO_DO, Runner
 
-WATCH_CHANNEL = "backfill_quality"
-NOTIFY_TRIGGER = "backfill_quality_notify"
-DEFAULT_POLL_INTERVAL_S = 30.0
-DEFAULT_RETRY_FAILED_AFTER_S = 3600.0
+NOTIFY_TRIGGER = db.NOTIFY_TRIGGER
 WAIT_SLICE_S = 0.25  # how often an idle wait looks for a stop request
 DEBOUNCE_S = 0.2  # after a notification, gather the rest of a burst before a cycle
 RECONNECT_BASE_S = 1.0
@@ -55,7 +59,6 @@ class WatchSettings:
     run: RunSettings
     poll_interval_s: float = DEFAULT_POLL_INTERVAL_S
     retry_failed_after_s: float = DEFAULT_RETRY_FAILED_AFTER_S
-    channel: str = WATCH_CHANNEL
     debounce_s: float = DEBOUNCE_S
 
     def __post_init__(self) -> None:
@@ -94,8 +97,22 @@ class _CycleReporter:
         self._start: dict[str, Any] | None = None
         self.is_active = False
 
-    def start(self, *, total: int, resumed_from: RowId | None, dry_run: bool) -> None:
-        self._start = {"total": total, "resumed_from": resumed_from, "dry_run": dry_run}
+    def start(
+        self,
+        *,
+        total: int,
+        resumed_from: RowId | None,
+        dry_run: bool,
+        started_s: float,
+        limit: int | None = None,
+    ) -> None:
+        self._start = {
+            "total": total,
+            "resumed_from": resumed_from,
+            "dry_run": dry_run,
+            "started_s": started_s,
+            "limit": limit,
+        }
 
     def _activate(self) -> None:
         if self._start is not None:
@@ -110,6 +127,9 @@ class _CycleReporter:
     def page_done(self, checkpoint: Checkpoint) -> None:
         if self.is_active:
             self._inner.page_done(checkpoint)
+
+    def level_changed(self, change: LevelChange) -> None:
+        self._inner.level_changed(change)
 
     def info(self, message: str) -> None:
         if message != NOTHING_TO_DO:
@@ -148,6 +168,9 @@ class Watcher:
         self._is_in_cycle = False
         self._listener: Any = None
         self._id_type = ""
+        self._lock = TargetLock(settings.run.target, settings.run.shard, command="watch")
+        """Held by the listener's session for the watch's life, taken again when it reconnects;
+        each cycle's runner finds it held by us."""
 
     def run(self) -> WatchResult:
         """Watch until SIGINT / SIGTERM; a fatal error (bad table, unwritable checkpoint) raises."""
@@ -224,9 +247,13 @@ class Watcher:
         reporter = _CycleReporter(self._make_reporter())
         self._is_in_cycle = True
         try:
-            runner = Runner(run_settings, reporter, skip_ids=self._held_until.keys())
+            runner = Runner(
+                run_settings, reporter, skip_ids=self._held_until.keys(), lock=self._lock
+            )
             summary = runner.run()
             reporter.finish(summary)
+            if self._stop_signal is None:  # a signal after the cycle's last row still stops us
+                self._stop_signal = runner.signal_received
         finally:
             self._is_in_cycle = False
             self._install_handlers()  # the runner's event loop reset them when it ended
@@ -271,11 +298,13 @@ class Watcher:
         """LISTEN before the first cycle, so no row inserted during it goes unnoticed."""
         s = self.settings
         target = s.run.target
-        conn = db.connect(s.run.database_url, application_name="backfill-quality watch")
+        conn = db.connect(s.run.database_url, application_name=self._lock.application_name)
         try:
             self._id_type = db.check_target(conn, target)
-            db.listen(conn, s.channel)
-            has_trigger = db.has_notify_trigger(conn, target, NOTIFY_TRIGGER)
+            self._lock.ensure(conn)
+            channel = db.notify_channel(conn, target)
+            if channel is not None:
+                db.listen(conn, channel)
         except BaseException:
             conn.close()
             raise
@@ -283,15 +312,14 @@ class Watcher:
         if not announce:
             return
         interval = f"{s.poll_interval_s:g} s"
-        if has_trigger:
-            self._log.info(
-                f"watching {target.table!r}: LISTEN {s.channel} and a poll every {interval}"
-            )
+        if channel is not None:
+            self._log.info(f"watching {target.label}: LISTEN {channel} and a poll every {interval}")
         else:
+            command = " ".join(["backfill-quality migrate --watch", *target.cli_options()])
             self._log.warning(
-                f"table {target.table!r} has no {NOTIFY_TRIGGER} trigger (migration 004 adds it "
-                f"to `images`; run `backfill-quality migrate`): new rows are found by the poll "
-                f"every {interval} only"
+                f"table {target.label} has no {NOTIFY_TRIGGER} trigger, so new rows are found"
+                f" by the poll every {interval} only; `{command}` installs it (and a trigger"
+                " that resets the score when a row's url changes)"
             )
 
     def _close_listener(self) -> None:

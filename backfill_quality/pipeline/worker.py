@@ -6,18 +6,25 @@ code (preloaded once by the forkserver, so each worker starts ready).
 
 from __future__ import annotations
 
+import os
 import signal
+from multiprocessing.connection import Connection
 
 from backfill_quality.config import DetectorChoice, Thresholds
 from backfill_quality.models import ScoredImage
+from backfill_quality.pipeline.lifeline import die_with_parent, hold_lifeline
 
 SCORING_MODULE = "backfill_quality.scoring.score"
 
 
-def ignore_signals() -> None:
-    """Workers leave SIGINT/SIGTERM to the parent, which stops them in order."""
+def prepare_worker(lifeline: Connection) -> None:
+    """The start of every scoring process: it leaves SIGINT/SIGTERM to the main process, which
+    stops it in order, and dies with the main process and with the forkserver (`lifeline.py`)."""
+    forkserver = os.getppid()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    die_with_parent(forkserver)
+    hold_lifeline(lifeline)
 
 
 def score_in_worker(

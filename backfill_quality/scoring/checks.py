@@ -90,20 +90,29 @@ def check_positioning(m: Measurements, t: Thresholds) -> CheckResult:
 
 
 def check_resolution(m: Measurements, t: Thresholds) -> CheckResult:
-    """resolution: pixels < min or short side < min: 100*pixels/min_pixels, capped at 100."""
+    """resolution: pixels < min or short side < min: 100*pixels/min_pixels, capped at 100.
+
+    The original's formula: a short side under the minimum fails the check, but the score only
+    counts pixels, so a 500x375 photo fails at 100 points; the reason says both, so a reader of
+    "failed, 100" is not left guessing.
+    """
     pixels = m.width * m.height
     short_side = min(m.width, m.height)
     size = f"{m.width}x{m.height} ({pixels:,} pixels)"
-    if pixels < t.min_pixels or short_side < t.min_short_side:
-        problem = (
-            f"fewer than {t.min_pixels:,} pixels"
-            if pixels < t.min_pixels
-            else f"short side {short_side} px is under {t.min_short_side} px"
+    is_few_pixels = pixels < t.min_pixels
+    is_short = short_side < t.min_short_side
+    if not (is_few_pixels or is_short):
+        return CheckResult("resolution", 100, True, f"{size} is enough detail")
+    short = f"short side {short_side} px is under {t.min_short_side} px"
+    if not is_few_pixels:
+        reason = (
+            f"{size}: {short}, so the check fails; but {pixels:,} pixels are at least "
+            f"{t.min_pixels:,}, so it scores 100"
         )
-        return CheckResult(
-            "resolution", clamp_score(100 * pixels / t.min_pixels), False, f"{size}: {problem}"
-        )
-    return CheckResult("resolution", 100, True, f"{size} is enough detail")
+    else:
+        few = f"fewer than {t.min_pixels:,} pixels"
+        reason = f"{size}: {few}, and {short}" if is_short else f"{size}: {few}"
+    return CheckResult("resolution", clamp_score(100 * pixels / t.min_pixels), False, reason)
 
 
 def check_contrast(m: Measurements, t: Thresholds) -> CheckResult:

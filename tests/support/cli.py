@@ -83,16 +83,18 @@ def run_cli(
     return CliResult(completed.returncode, completed.stdout, completed.stderr)
 
 
-def invoke_in_process(*args: str) -> CliResult:
-    """Run the Typer app in this process (for parsing and --help: no database, no files).
+def invoke_in_process(*args: str, env: dict[str, str] | None = None) -> CliResult:
+    """Run the Typer app in this process (for parsing, --help and errors found before any work).
 
-    Much faster than a subprocess; the end-to-end tests use `run_cli`.
+    Much faster than a subprocess; the end-to-end tests use `run_cli`. `env` adds variables
+    for the time of the call.
     """
     from typer.testing import CliRunner
 
     from backfill_quality.cli import app
 
-    result = CliRunner().invoke(app, list(args), env={"COLUMNS": "200", "NO_COLOR": "1"})
+    variables = {"COLUMNS": "200", "NO_COLOR": "1"} | (env or {})
+    result = CliRunner().invoke(app, list(args), env=variables)
     return CliResult(result.exit_code, result.stdout, result.stderr)
 
 

@@ -27,8 +27,9 @@ from psycopg import sql
 from tests.support.cli import CliResult, cli_env
 from tests.support.table import AUDIT_TABLE, UserTable
 
-APPLICATION_NAME = "backfill-quality"
-"""The application_name the tool's connections carry in pg_stat_activity."""
+APPLICATION_NAME_PATTERN = "backfill-quality%"
+"""The application_name of the tool's connections in pg_stat_activity (a LIKE pattern: a run's
+sessions are named `backfill-quality run <pid>@<host>`)."""
 
 
 @dataclass
@@ -90,11 +91,23 @@ def start_run(
     label: str = "run",
 ) -> BackgroundRun:
     """Start `python -m backfill_quality run ARGS` in `cwd`, in its own session."""
+    return start_command("run", *args, cwd=cwd, database_url=database_url, env=env, label=label)
+
+
+def start_command(
+    command: str,
+    *args: str,
+    cwd: Path,
+    database_url: str | None,
+    env: dict[str, str] | None = None,
+    label: str = "run",
+) -> BackgroundRun:
+    """Start `python -m backfill_quality COMMAND ARGS` in `cwd`, in its own session."""
     stdout_path = cwd / f".{label}.stdout"
     stderr_path = cwd / f".{label}.stderr"
     with stdout_path.open("wb") as stdout, stderr_path.open("wb") as stderr:
         process = subprocess.Popen(
-            [sys.executable, "-m", "backfill_quality", "run", *args],
+            [sys.executable, "-m", "backfill_quality", command, *args],
             cwd=cwd,
             env=cli_env(database_url, env),
             stdin=subprocess.DEVNULL,
@@ -102,7 +115,23 @@ def start_run(
             stderr=stderr,
             start_new_session=True,
         )
-    return BackgroundRun(process, stdout_path, stderr_path)
+    run = BackgroundRun(process, stdout_path, stderr_path)
+    _started_runs.append(run)
+    return run
+
+
+_started_runs: list[BackgroundRun] = []
+
+
+def reap_background_runs() -> int:
+    """Kill and wait for every run started by this test that is still going (a failed
+    assertion may leave one); returns how many. A Popen dropped while its process runs would
+    raise a ResourceWarning later, in whichever test the garbage collector happens to run."""
+    left = [run for run in _started_runs if run.is_running()]  # is_running() reaps the others
+    for run in left:
+        run.kill_session()
+    _started_runs.clear()
+    return len(left)
 
 
 def wait_until(
@@ -150,6 +179,68 @@ def scoring_workers(owner_pid: int) -> list[int]:
     return [pid for pid, parent in parents.items() if parent in servers]
 
 
+@dataclass(frozen=True)
+class ProcessInfo:
+    """One process as /proc shows it; (pid, start time) names it even if the pid is reused."""
+
+    pid: int
+    parent: int
+    session: int
+    state: str
+    start_ticks: int
+    cmdline: str
+
+    @property
+    def is_alive(self) -> bool:
+        """Still running: present with the same start time and not a zombie (a dead process
+        whose parent has not reaped it yet, as orphans of a busy or absent init stay)."""
+        now = read_process(self.pid)
+        return now is not None and now.start_ticks == self.start_ticks and now.state != "Z"
+
+
+def read_process(pid: int) -> ProcessInfo | None:
+    """The process `pid` from /proc, or None if there is none."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+    # the command name (field 2) may hold spaces and parentheses: split after its last ")"
+    fields = stat.rsplit(")", 1)[1].split()
+    return ProcessInfo(
+        pid=pid,
+        parent=int(fields[1]),
+        session=int(fields[3]),
+        state=fields[0],
+        start_ticks=int(fields[19]),
+        cmdline=cmdline.replace(b"\0", b" ").decode(errors="replace"),
+    )
+
+
+def all_processes() -> list[ProcessInfo]:
+    """Every process on the machine (from /proc)."""
+    found = (read_process(int(e.name)) for e in Path("/proc").iterdir() if e.name.isdigit())
+    return [info for info in found if info is not None]
+
+
+def descendants(ancestor_pid: int) -> list[ProcessInfo]:
+    """Every live process below `ancestor_pid` in the process tree (children, their children…)."""
+    processes = all_processes()
+    below: list[ProcessInfo] = []
+    parents = {ancestor_pid}
+    while True:
+        found = [p for p in processes if p.parent in parents and p not in below]
+        if not found:
+            return below
+        below += found
+        parents = {p.pid for p in found}
+
+
+def session_members(session_id: int) -> list[ProcessInfo]:
+    """Every live (not zombie) process of the session `session_id`."""
+    return [p for p in all_processes() if p.session == session_id and p.state != "Z"]
+
+
 def kill_scoring_workers(owner_pid: int) -> int:
     """SIGKILL the scoring processes of `owner_pid` (as the kernel's OOM killer would)."""
     killed = 0
@@ -172,8 +263,8 @@ def tool_backends(admin_url: str, dbname: str) -> list[int]:
     """Backend pids of the tool's connections to `dbname`."""
     with psycopg.connect(admin_url, autocommit=True) as conn:
         rows = conn.execute(
-            "SELECT pid FROM pg_stat_activity WHERE application_name = %s AND datname = %s",
-            (APPLICATION_NAME, dbname),
+            "SELECT pid FROM pg_stat_activity WHERE application_name LIKE %s AND datname = %s",
+            (APPLICATION_NAME_PATTERN, dbname),
         ).fetchall()
     return [int(pid) for (pid,) in rows]
 
@@ -183,8 +274,8 @@ def terminate_tool_backends(admin_url: str, dbname: str) -> int:
     with psycopg.connect(admin_url, autocommit=True) as conn:
         rows = conn.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-            " WHERE application_name = %s AND datname = %s",
-            (APPLICATION_NAME, dbname),
+            " WHERE application_name LIKE %s AND datname = %s",
+            (APPLICATION_NAME_PATTERN, dbname),
         ).fetchall()
     return sum(1 for (ok,) in rows if ok)
 

@@ -67,6 +67,7 @@ class UserTable:
     url_column: str = "url"
     score_column: str = "quality_score"
     id_type: IdType = "uuid"
+    schema: str | None = None
     rows: list[Row] = field(default_factory=list)
     _next_key: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
@@ -75,7 +76,9 @@ class UserTable:
 
     def _ids(self) -> dict[str, sql.Identifier]:
         return {
-            "table": sql.Identifier(self.name),
+            "table": sql.Identifier(self.schema, self.name)
+            if self.schema
+            else sql.Identifier(self.name),
             "id": sql.Identifier(self.id_column),
             "url": sql.Identifier(self.url_column),
             "score": sql.Identifier(self.score_column),
@@ -213,10 +216,13 @@ class UserTable:
         return dict(zip(("high", "medium", "low", "unscored"), map(int, row), strict=True))
 
     def cli_options(self) -> list[str]:
-        """The `run`/`status` options that point the tool at this table."""
+        """The `run`/`status` options that point the tool at this table (a part with a dot or a
+        double quote is double-quoted, as `--table` expects)."""
+        parts = [self.schema] if self.schema else []
+        parts.append(self.name)
         return [
             "--table",
-            self.name,
+            ".".join(_cli_name_part(part) for part in parts),
             "--id-column",
             self.id_column,
             "--url-column",
@@ -226,13 +232,25 @@ class UserTable:
         ]
 
 
-def apply_migrations(database_url: str) -> list[str]:
-    """Apply migrations/ and create the results table of `images`, as `migrate` does, in this
-    process (for tests where `migrate` itself is not the point)."""
+def _cli_name_part(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"' if "." in name or '"' in name else name
+
+
+def apply_migrations(
+    database_url: str, target: Target | None = None, *, with_watch: bool = True
+) -> list[str]:
+    """Run every migration step in this process (for tests where `migrate` itself is not the
+    point), the watch triggers included unless `with_watch` is False; returns the names of the
+    steps that created something. Without a target: the default `images`, created if absent."""
     with db.connect(database_url) as conn:
-        applied = db.apply_migrations(conn)
-        db.create_results_table(conn, Target())
-        return applied
+        reports = db.migrate(
+            conn,
+            target or Target(),
+            may_create_table=target is None,
+            with_watch=with_watch,
+        )
+        db.create_results_table(conn, target or Target())
+    return [report.step for report in reports if report.outcome == "created"]
 
 
 # --- what the rows point at ------------------------------------------------------------------

@@ -1,19 +1,9 @@
-"""The shipped migrations (package `backfill_quality.migrations`), split into statements.
-
-Pure text handling; `db.apply_migrations` runs the statements.
-"""
+"""Splitting a SQL script (such as `migrate --sql` prints) into statements, to run them one by one
+as psql would."""
 
 from __future__ import annotations
 
 import re
-from importlib import resources
-
-
-def migration_files() -> list[tuple[str, str]]:
-    """(name, SQL text) of every shipped migration, in order."""
-    package = resources.files("backfill_quality.migrations")
-    files = [f for f in package.iterdir() if f.name.endswith(".sql")]
-    return [(f.name, f.read_text(encoding="utf-8")) for f in sorted(files, key=lambda f: f.name)]
 
 
 def split_statements(script: str) -> list[str]:
