@@ -36,7 +36,6 @@ def conn(database_url: str) -> Iterator[psycopg.Connection[Any]]:
 @pytest.fixture
 def migrated(conn: psycopg.Connection[Any]) -> psycopg.Connection[Any]:
     db.migrate(conn, Target(), may_create_table=True)
-    db.create_results_table(conn, DEFAULT)
     return conn
 
 
@@ -64,7 +63,7 @@ def make_table(
         ),
         (every_scored, rows),
     )
-    db.create_results_table(conn, target)
+    db.migrate(conn, target, only={"results-table"})
 
 
 def unscored_ids(conn: psycopg.Connection[Any], target: Target) -> list[RowId]:
@@ -180,7 +179,6 @@ def test_write_on_a_terminated_connection_is_retryable(
     conn: psycopg.Connection[Any], pg_admin_url: str
 ) -> None:
     db.migrate(conn, Target(), may_create_table=True)
-    db.create_results_table(conn, DEFAULT)
     conn.execute("INSERT INTO images (url) VALUES ('http://h/1')")
     (row,) = db.fetch_page(conn, DEFAULT, after_id=None, limit=10)
     with psycopg.connect(pg_admin_url, autocommit=True) as admin:

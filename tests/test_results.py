@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -78,10 +79,16 @@ def test_migrate_creates_the_results_table_keyed_like_the_users_table(
     options = ["--table", table.name, "--id-column", table.id_column]
     first = run_cli("migrate", *options, cwd=tmp_path, database_url=database_url)
     assert first.exit_code == 0, first.output
-    assert "results table Bird Photos_quality_results: created" in first.stdout
+    assert re.search(
+        r'^results-table: +created — public\."Bird Photos_quality_results", ', first.stdout, re.M
+    )
     again = run_cli("migrate", *options, cwd=tmp_path, database_url=database_url)
     assert again.exit_code == 0, again.output
-    assert "results table Bird Photos_quality_results: already present" in again.stdout
+    assert re.search(
+        r'^results-table: +already present — public\."Bird Photos_quality_results"$',
+        again.stdout,
+        re.M,
+    )
 
     results = table.results_table()
     [(key_type,)] = catalog(
@@ -245,8 +252,13 @@ def test_without_the_results_table_a_run_refuses_and_names_migrate(
     refused = run(table, tmp_path)
 
     assert refused.exit_code == 2, refused.output
-    assert "results table 'Bird Photos_quality_results'" in refused.output
-    assert "backfill-quality migrate --table Bird Photos --id-column photo key" in refused.output
+    [message] = [
+        json.loads(line)["message"]
+        for line in refused.stderr.splitlines()
+        if json.loads(line).get("event") == "error"
+    ]
+    assert 'results table "Bird Photos_quality_results" (what each score' in message
+    assert 'backfill-quality migrate --table "Bird Photos" --id-column photo key' in message
     assert "Traceback" not in refused.output
     assert set(table.scores().values()) == {None}
     assert image_server.hits("/img/0-bird.jpg") == 0  # refused before any download
@@ -355,8 +367,9 @@ def test_the_results_table_lives_beside_the_table_whatever_its_name(
         conn.execute(
             sql.SQL("INSERT INTO {} VALUES (1, 'u', NULL), (2, 'u', NULL)").format(qualified)
         )
-        assert db.create_results_table(conn, target) == "created"
-        assert db.create_results_table(conn, target) == "already present"
+        [created] = db.migrate(conn, target, only={"results-table"})
+        [again] = db.migrate(conn, target, only={"results-table"})
+        assert (created.outcome, again.outcome) == ("created", "already present")
         results = db.results_table_name(target)
         assert len(results.encode()) <= 63 and results.endswith("_quality_results")
         [(found_schema,)] = conn.execute(

@@ -75,7 +75,6 @@ def bird_url(image_server: ImageServer) -> str:
 def fill(database_url: str, urls: list[str]) -> None:
     with db.connect(database_url) as conn:
         db.migrate(conn, Target(), may_create_table=True)
-        db.create_results_table(conn, Target())
         with conn.cursor() as cur:
             cur.executemany("INSERT INTO images (url) VALUES (%s)", [(u,) for u in urls])
 

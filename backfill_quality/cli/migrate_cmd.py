@@ -1,5 +1,5 @@
-"""`backfill-quality migrate`: the score column, its CHECK, indexes (and, on request, the watch
-triggers) for the target table; each step says what it did. Safe to re-run."""
+"""`backfill-quality migrate`: the score column, its CHECK, indexes, the results table (and, on
+request, the watch triggers) for the target table; each step says what it did. Safe to re-run."""
 
 from __future__ import annotations
 
@@ -61,7 +61,8 @@ def migrate(
     ] = False,
     version: o.Version = False,
 ) -> None:
-    """Create the score column, its CHECK, indexes and get_quality_category() — safe to re-run.
+    """Create the score column, its CHECK, indexes, get_quality_category() and the results
+    table (TABLE_quality_results) — safe to re-run.
 
     Each step says what it did: created, already present, or skipped. Nothing rewrites the table
     or holds a long lock; the indexes are built CONCURRENTLY so writers are never blocked. A step
@@ -88,13 +89,11 @@ def migrate(
                 with_watch=watch,
                 on_lock_wait=_ignore if quiet else _say_waiting,
             )
-            results = db.create_results_table(conn, target)
         if quiet:
             return
         width = max(len(plan.step) for plan in plans) + 1
         for plan in plans:
             typer.echo(f"{plan.step + ':':<{width}} {plan.outcome} — {plan.detail}")
-        typer.echo(f"results table {db.results_label(target)}: {results}")
 
 
 def _say_waiting(message: str) -> None:

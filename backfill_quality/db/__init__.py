@@ -51,7 +51,6 @@ from backfill_quality.db.pages import (
     ids_after,
 )
 from backfill_quality.db.results import (
-    create_results_table,
     has_results_table,
     read_results,
     require_results_table,
@@ -118,7 +117,6 @@ __all__ = [
     "count_score_buckets",
     "count_scored_without_result",
     "count_unscored",
-    "create_results_table",
     "describe_database",
     "estimate_results_rows",
     "estimate_score_buckets",

@@ -6,8 +6,8 @@ with `ON DELETE CASCADE` from the user's table. It stores the keys of `results.R
 check's score and passed again as typed columns generated from `checks` (`bird_size_score`,
 `bird_size_passed`, …) so trends and rescoring filter and aggregate them without jsonb.
 
-`create_results_table` is one self-contained migration step; `write_score_results`
-(writes.py) fills the table in the same statement as the score's UPDATE.
+`plan_results_table` is the step `results-table` of `migrate` (db/migrate.py `STEPS`);
+`write_score_results` (writes.py) fills the table in the same statement as the score's UPDATE.
 """
 
 from __future__ import annotations
@@ -23,23 +23,16 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from backfill_quality.config import Target
-from backfill_quality.db.connection import _raw, _translate, _translated
-from backfill_quality.db.schema import (
-    SUPPORTED_ID_TYPES,
-    _columns,
-    _find_table,
-    _is_unique_column,
-    _table,
-    _table_label,
-)
-from backfill_quality.errors import ConfigError, DatabaseError
+from backfill_quality.db.connection import _raw, _translated
+from backfill_quality.db.migration_steps import Batch, StepPlan, Subject, lock_timeout
+from backfill_quality.db.schema import SUPPORTED_ID_TYPES, _columns, _is_unique_column, _table
+from backfill_quality.errors import ConfigError
 from backfill_quality.models import RowId
 from backfill_quality.results import CHECK_NAMES, RESULT_KEYS
 
 RESULTS_SUFFIX = "_quality_results"
 KEY_COLUMN = "image_id"
 MAX_IDENTIFIER_BYTES = 63
-LOCK_TIMEOUT = "2s"
 
 # result key -> (column, type); the order of RESULT_KEYS
 COLUMNS: dict[str, tuple[str, str]] = {
@@ -101,21 +94,24 @@ def _results(target: Target) -> sql.Identifier:
 
 
 def results_label(target: Target) -> str:
-    name = results_table_name(target)
-    return f"{target.schema}.{name}" if target.schema else name
+    """The results table's name as the user writes it (quoted where SQL needs it)."""
+    return Target(table=results_table_name(target), schema=target.schema).label
 
 
 # --- the migration step ------------------------------------------------------------------------
 
 
-def _key_type(conn: psycopg.Connection[Any], target: Target) -> str:
-    """The id column's exact type (with its length, e.g. character varying(40)), checked."""
-    table_oid = _find_table(conn, target)
-    columns = _columns(conn, table_oid)
+def _key_type(conn: psycopg.Connection[Any], subject: Subject) -> str:
+    """The id column's exact type (with its length, e.g. character varying(40)), checked; the
+    demo's table that step `table` is about to create has a uuid key."""
+    target = subject.target
+    if subject.table_oid is None:
+        return "uuid"
+    columns = _columns(conn, subject.table_oid)
     if target.id_column not in columns:
         raise ConfigError(
             f"--id-column: column {target.id_column!r} does not exist in table"
-            f" {_table_label(target)!r} (columns: {', '.join(columns) or 'none'})"
+            f" {subject.label!r} (columns: {', '.join(columns) or 'none'})"
         )
     attnum, type_name = columns[target.id_column]
     if type_name not in SUPPORTED_ID_TYPES:
@@ -123,15 +119,15 @@ def _key_type(conn: psycopg.Connection[Any], target: Target) -> str:
             f"--id-column: column {target.id_column!r} has type {type_name}; supported key types"
             f" are {', '.join(sorted(SUPPORTED_ID_TYPES))}"
         )
-    if not _is_unique_column(conn, table_oid, attnum):
+    if not _is_unique_column(conn, subject.table_oid, attnum):
         raise ConfigError(
             f"--id-column: column {target.id_column!r} is not a primary key or unique column of"
-            f" {_table_label(target)!r}; the results table references it"
+            f" {subject.label!r}; the results table references it"
         )
     row = conn.execute(
         "SELECT format_type(atttypid, atttypmod) FROM pg_attribute"
         " WHERE attrelid = %s AND attnum = %s",
-        (table_oid, attnum),
+        (subject.table_oid, attnum),
     ).fetchone()
     return str(row[0]) if row else type_name
 
@@ -182,31 +178,41 @@ def create_statements(target: Target, key_type: str) -> list[sql.Composed]:
     return statements
 
 
-def create_results_table(
-    conn: psycopg.Connection[Any], target: Target
-) -> Literal["created", "already present"]:
-    """Create the target's results table and its indexes in one transaction (idempotent).
+def plan_results_table(conn: psycopg.Connection[Any], subject: Subject) -> StepPlan:
+    """Step `results-table`: `<table>_quality_results` in the table's schema, with its indexes,
+    in one transaction.
 
     Cheap on a live table: the new table is empty, so the foreign key needs no scan, only a brief
-    lock on the user's table, waited for at most LOCK_TIMEOUT (then: run `migrate` again).
+    lock on the user's table (waited for at most 2 s, then planned and run again like every step).
+    The key column is checked here, so an unusable --id-column stops `migrate` before any step.
     """
-    label = results_label(target)
-    try:
-        with conn.transaction():
-            conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(LOCK_TIMEOUT)))
-            if has_results_table(conn, target):
-                return "already present"
-            for statement in create_statements(target, _key_type(conn, target)):
-                conn.execute(statement)
-    except psycopg.errors.LockNotAvailable as exc:
-        raise DatabaseError(
-            f"creating {label}: table {_table_label(target)!r} stayed locked by another session"
-            f" for {LOCK_TIMEOUT}; run `backfill-quality migrate` again once it is free",
-            retryable=True,
-        ) from exc
-    except psycopg.Error as exc:
-        raise _translate(exc, f"creating the results table {label}") from exc
-    return "created"
+    t = subject.target
+    beside = Target(
+        table=t.table,
+        schema=subject.schema,
+        id_column=t.id_column,
+        url_column=t.url_column,
+        score_column=t.score_column,
+    )
+    label = results_label(beside)
+    found = conn.execute(
+        "SELECT c.relkind FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE n.nspname = %s AND c.relname = %s",
+        (subject.schema, results_table_name(beside)),
+    ).fetchone()
+    if found is not None:
+        if found[0] not in ("r", "p"):
+            raise ConfigError(
+                f"results-table: {label} already exists and is not a table; rename it"
+            )
+        return StepPlan("results-table", "already present", label)
+    key_type = _key_type(conn, subject)
+    detail = (
+        f"{label}, what each score was made of, keyed by {t.id_column} ({key_type}),"
+        " ON DELETE CASCADE"
+    )
+    statements = (lock_timeout(), *create_statements(beside, key_type))
+    return StepPlan("results-table", "created", detail, (Batch(statements),))
 
 
 def has_results_table(conn: psycopg.Connection[Any], target: Target) -> bool:
@@ -222,9 +228,9 @@ def require_results_table(conn: psycopg.Connection[Any], target: Target) -> None
     """ConfigError naming `backfill-quality migrate` when the results table is missing."""
     if not has_results_table(conn, target):
         raise ConfigError(
-            f"the results table {results_label(target)!r} (what each score was made of, written"
+            f"the results table {results_label(target)} (what each score was made of, written"
             f" with the score) does not exist: run `backfill-quality migrate --table"
-            f" {target.table} --id-column {target.id_column}` once (it creates it without"
+            f" {target.label} --id-column {target.id_column}` once (it creates it without"
             " rewriting or long-locking your table), then run again. Nothing was written"
         )
 

@@ -99,7 +99,6 @@ def fill_demo_table(database_url: str, server: ImageServer, rows: int, seed: int
     ]
     with db.connect(database_url) as conn:
         db.migrate(conn, Target(), may_create_table=True)
-        db.create_results_table(conn, Target())
         db.replace_demo_rows(conn, urls)
     return rows
 

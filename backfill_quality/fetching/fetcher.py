@@ -25,7 +25,7 @@ import random
 import time
 import urllib.request
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
 
 import httpx
@@ -62,7 +62,7 @@ class Fetched:
     final_url: str
     etag: str | None = None
     last_modified: str | None = None
-    download_s: float | None = None
+    download_s: float | None = field(default=None, compare=False)
 
 
 _Body = tuple[bytes, str, float, str | None, str | None]

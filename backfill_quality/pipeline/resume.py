@@ -36,7 +36,7 @@ def prepare_run(conn: Any, s: RunSettings) -> RunStart:
         db.require_results_table(conn, s.target)  # before the checkpoint: nothing to undo
     elif not db.has_results_table(conn, s.target):
         warnings = (
-            f"the results table {db.results_label(s.target)!r} does not exist: this dry run "
+            f"the results table {db.results_label(s.target)} does not exist: this dry run "
             "writes nothing anyway, but a real run will refuse to start until "
             "`backfill-quality migrate` has created it",
         )

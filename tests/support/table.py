@@ -98,15 +98,16 @@ class UserTable:
         )
         with self._connect() as conn:
             conn.execute(statement)
-        if with_results:
+        if with_results:  # only the step `results-table` of `migrate`
             with db.connect(self.database_url) as conn:
-                db.create_results_table(conn, self.target)
+                db.migrate(conn, self.target, only={"results-table"})
         return self
 
     @property
     def target(self) -> Target:
         return Target(
             table=self.name,
+            schema=self.schema,
             id_column=self.id_column,
             url_column=self.url_column,
             score_column=self.score_column,
@@ -249,7 +250,6 @@ def apply_migrations(
             may_create_table=target is None,
             with_watch=with_watch,
         )
-        db.create_results_table(conn, target or Target())
     return [report.step for report in reports if report.outcome == "created"]
 
 
