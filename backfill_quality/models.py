@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 RowId = str | int
 Category = Literal["high", "medium", "low"]
@@ -76,13 +77,33 @@ class Analysis:
 
 
 @dataclass(frozen=True, slots=True)
+class ScoredImage:
+    """What a scoring process sends back for one image: the analysis, already in its JSON form
+    (`results.analysis_fields`: plain dicts cross the process boundary several times faster
+    than the nested records), the size and SHA-256 (hex) of the bytes, and the scoring time."""
+
+    analysis: dict[str, Any]
+    byte_size: int
+    content_sha256: str
+    score_ms: float
+
+    @property
+    def score(self) -> int:
+        return int(self.analysis["score"])
+
+
+@dataclass(frozen=True, slots=True)
 class Outcome:
-    """What became of one row: a score, or an error message (never both)."""
+    """What became of one row: a score with its result record, or an error message (never both).
+
+    `result` is the record `results.result_to_dict` made (what the score was made of), written
+    with the score in one statement."""
 
     row: ImageRow
     score: int | None = None
     error: str | None = None
     attempts: int = 1
+    result: Mapping[str, Any] | None = None
 
     @property
     def is_success(self) -> bool:

@@ -17,19 +17,32 @@ from tests.support.cli import CHECKPOINT_NAME, invoke_in_process, read_checkpoin
 from tests.support.table import UserTable, apply_migrations, sample_images, serve_valid_images
 
 COMMANDS = ("run", "score", "status", "migrate", "demo")
-SCORE_KEYS = {
-    "source",
-    "width",
-    "height",
-    "score",
-    "category",
-    "brightness",
-    "subject",
-    "checks",
-} | {
-    "detector",
-    "presence",
-}
+SCORE_KEYS = (
+    {
+        "source",
+        "width",
+        "height",
+        "score",
+        "category",
+        "brightness",
+        "subject",
+        "checks",
+    }
+    | {
+        "detector",
+        "presence",
+    }
+    | {  # what the results table keeps too (the same record)
+        "bytes",
+        "contentSha256",
+        "etag",
+        "lastModified",
+        "scorerVersion",
+        "scoredAt",
+        "fetchMs",
+        "scoreMs",
+    }
+)
 CHECK_NAMES = {"birdSize", "positioning", "resolution", "contrast", "primarySubject"}
 RUN_OPTIONS = (
     "--database-url",

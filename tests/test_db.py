@@ -16,6 +16,7 @@ from backfill_quality.config import Shard, Target
 from backfill_quality.errors import ConfigError, DatabaseError
 from backfill_quality.models import RowId
 from tests.support.pg import with_database
+from tests.support.results import with_results
 
 DEFAULT = Target()
 KEY_TYPES = {
@@ -62,6 +63,7 @@ def make_table(
         ),
         (every_scored, rows),
     )
+    db.migrate(conn, target, only={"results-table"})
 
 
 def unscored_ids(conn: psycopg.Connection[Any], target: Target) -> list[RowId]:
@@ -87,7 +89,9 @@ def page_through(
     while page := db.fetch_page(conn, target, after_id=after, limit=limit, id_range=id_range):
         seen.extend(row.id for row in page)
         if score is not None:
-            assert all(db.write_scores(conn, target, [(row.id, score) for row in page]))
+            assert all(
+                db.write_scores(conn, target, with_results([(row.id, score) for row in page]))
+            )
         after = page[-1].id
     return seen
 
@@ -180,7 +184,7 @@ def test_write_on_a_terminated_connection_is_retryable(
     with psycopg.connect(pg_admin_url, autocommit=True) as admin:
         admin.execute("SELECT pg_terminate_backend(%s)", (conn.info.backend_pid,))
     with pytest.raises(DatabaseError) as caught:
-        db.write_scores(conn, DEFAULT, [(row.id, 50)])
+        db.write_scores(conn, DEFAULT, with_results([(row.id, 50)]))
     assert caught.value.retryable
 
 
@@ -357,12 +361,19 @@ def test_write_scores_never_overwrites_and_reports_it(migrated: psycopg.Connecti
     migrated.execute("UPDATE images SET quality_score = 42 WHERE id = %s", (b.id,))
     gone = str(uuid.uuid4())
 
-    written = db.write_scores(migrated, DEFAULT, [(a.id, 90), (b.id, 10), (gone, 5), (c.id, 61)])
+    written = db.write_scores(
+        migrated, DEFAULT, with_results([(a.id, 90), (b.id, 10), (gone, 5), (c.id, 61)])
+    )
 
     assert written == [True, False, False, True]
     scores = dict(migrated.execute("SELECT id::text, quality_score FROM images").fetchall())
     assert scores == {a.id: 90, b.id: 42, c.id: 61}
-    assert db.write_scores(migrated, DEFAULT, [(a.id, 1), (c.id, 1)]) == [False, False]
+    kept = migrated.execute("SELECT image_id::text, score FROM images_quality_results").fetchall()
+    assert dict(kept) == {a.id: 90, c.id: 61}  # no result where the guard matched nothing
+    assert db.write_scores(migrated, DEFAULT, with_results([(a.id, 1), (c.id, 1)])) == [
+        False,
+        False,
+    ]
 
 
 def test_a_refused_row_does_not_abort_the_others(migrated: psycopg.Connection[Any]) -> None:
@@ -372,7 +383,7 @@ def test_a_refused_row_does_not_abort_the_others(migrated: psycopg.Connection[An
     rows = db.fetch_page(migrated, DEFAULT, after_id=None, limit=5)
     scores = [(row.id, 101 if i == 2 else 70 + i) for i, row in enumerate(rows)]
 
-    results = db.write_score_results(migrated, DEFAULT, scores)
+    results = db.write_score_results(migrated, DEFAULT, with_results(scores))
 
     assert [r.is_written for r in results] == [True, True, False, True, True]
     assert results[2].error is not None
@@ -401,11 +412,17 @@ def test_each_row_is_its_own_transaction(migrated: psycopg.Connection[Any]) -> N
     migrated.execute("SELECT pg_stat_clear_snapshot()")
     (before,) = migrated.execute(commits).fetchone() or (0,)
 
-    assert all(db.write_scores(migrated, DEFAULT, [(row.id, 55) for row in rows]))
+    assert all(db.write_scores(migrated, DEFAULT, with_results([(row.id, 55) for row in rows])))
 
     audit = migrated.execute("SELECT row_id, txid FROM score_audit").fetchall()
     assert len(audit) == 25
     assert len({txid for _, txid in audit}) == 25  # 25 rows, 25 distinct transactions
+    results = migrated.execute(
+        "SELECT image_id, xmin::text::bigint, score FROM images_quality_results"
+    ).fetchall()
+    assert {(key, score) for key, _, score in results} == {(row_id, 55) for row_id, _ in audit}
+    txids = {key: txid % 2**32 for key, txid in audit}
+    assert all(xmin == txids[key] for key, xmin, _ in results)  # written with its score
     migrated.execute("SELECT pg_stat_force_next_flush()")
     migrated.execute("SELECT pg_stat_clear_snapshot()")
     (after,) = migrated.execute(commits).fetchone() or (0,)

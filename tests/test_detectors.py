@@ -15,6 +15,7 @@ from backfill_quality.demo.compose import BirdCrop, compose_flock
 from backfill_quality.demo.photos import bird_photos, no_bird_photos, photo_bytes, variant
 from backfill_quality.errors import ConfigError, ModelError
 from backfill_quality.models import BBox
+from backfill_quality.results import analysis_to_dict
 from backfill_quality.scoring.detectors import runtime
 from backfill_quality.scoring.detectors.boxes import (
     clipped_bbox,
@@ -31,7 +32,7 @@ from backfill_quality.scoring.detectors.nanodet import (
     ScoredBox,
     network_input,
 )
-from backfill_quality.scoring.score import analysis_to_dict, score_image
+from backfill_quality.scoring.score import score_image
 from tests.support.models import anchors, yolo_layout_model
 
 LEARNED = DetectorChoice()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import ipaddress
 import random
 import time
@@ -69,7 +70,11 @@ def jpeg(image_server: ImageServer) -> bytes:
 
 def test_fetches_the_image_bytes_in_one_attempt(image_server: ImageServer, jpeg: bytes) -> None:
     result = fetch(image_server.url("/img/a.jpg"))
-    assert result == Fetched(jpeg, 1, image_server.url("/img/a.jpg"))
+    assert result == Fetched(
+        jpeg, 1, image_server.url("/img/a.jpg"), result.etag, result.last_modified
+    )
+    assert result.etag == f'"{hashlib.sha256(jpeg).hexdigest()[:20]}"'  # handed through as sent
+    assert result.last_modified is not None and result.last_modified.endswith(" GMT")
     assert image_server.hits("/img/a.jpg") == 1
 
 

@@ -14,7 +14,9 @@ from typing import Any
 import psycopg
 import pytest
 
+from backfill_quality import db
 from backfill_quality.config import Target
+from backfill_quality.db.migrate import STEPS
 from backfill_quality.demo.imageserver import ImageServer
 from tests.support.cli import run_cli
 from tests.support.sqlscript import split_statements
@@ -30,6 +32,7 @@ ALL_STEPS = (
     "unscored-index",
     "watch-triggers",
     "shard-plan",
+    "results-table",
 )
 
 
@@ -134,7 +137,9 @@ def test_a_check_left_not_valid_by_an_older_version_is_validated(
 def test_each_step_is_reported_and_the_watch_triggers_come_only_with_watch(
     database_url: str, tmp_path: Path
 ) -> None:
-    UserTable(database_url).create(with_score_column=False).insert(["http://h/a.jpg"])
+    UserTable(database_url).create(with_score_column=False, with_results=False).insert(
+        ["http://h/a.jpg"]
+    )
 
     first = run_cli("migrate", cwd=tmp_path, database_url=database_url)
 
@@ -148,6 +153,7 @@ def test_each_step_is_reported_and_the_watch_triggers_come_only_with_watch(
         "unscored-index": "created",
         "watch-triggers": "skipped",
         "shard-plan": "created",
+        "results-table": "created",
     }
     assert "migrate --watch" in first.stdout
     assert catalog(database_url)["triggers"] == []
@@ -205,7 +211,9 @@ def test_a_table_in_another_schema_is_migrated_scored_and_reported(
     database_url: str, tmp_path: Path, image_server: ImageServer
 ) -> None:
     execute(database_url, "CREATE SCHEMA media")
-    table = UserTable(database_url, schema="media", name="photos").create(with_score_column=False)
+    table = UserTable(database_url, schema="media", name="photos").create(
+        with_score_column=False, with_results=False
+    )
     expected = serve_valid_images(image_server, 3)
     table.insert(list(expected))
 
@@ -215,7 +223,11 @@ def test_a_table_in_another_schema_is_migrated_scored_and_reported(
 
     assert migrated.exit_code == 0, migrated.output
     found = catalog(database_url)
-    assert found["tables"] == [("media", "photos"), ("public", "backfill_quality_shard_plan")]
+    assert found["tables"] == [
+        ("media", "photos"),
+        ("media", "photos_quality_results"),
+        ("public", "backfill_quality_shard_plan"),
+    ]
     assert ("media.photos", "photos_quality_score_check") in {c[:2] for c in found["constraints"]}
     indexes = {name for _, name, _, valid in found["indexes"] if valid}
     assert {"media.idx_photos_quality_score", "media.idx_photos_quality_score_null"} <= indexes
@@ -372,3 +384,55 @@ def test_the_checkpoint_identity_tells_qualified_names_apart() -> None:
     )
     spaced = Target(schema="My Schema", table="Photos")
     assert '"My Schema"."Photos"' in describe_target(database=url, target=spaced, shard=None)
+
+
+# --- 4. the results table is a step ---------------------------------------------------------
+
+
+def test_the_results_table_is_a_step_planned_reported_and_printed(
+    database_url: str, tmp_path: Path
+) -> None:
+    assert [step.name for step in STEPS] == list(ALL_STEPS)
+    execute(database_url, "CREATE SCHEMA media")
+    table = UserTable(database_url, schema="media", name="photos", id_type="integer")
+    table.create(with_results=False)
+    options = ("--table", "media.photos")
+
+    printed = run_cli("migrate", "--sql", *options, cwd=tmp_path, database_url=database_url)
+
+    assert printed.exit_code == 0, printed.output
+    assert "-- results-table: created — media.photos_quality_results" in printed.stdout
+    assert 'CREATE TABLE IF NOT EXISTS "media"."photos_quality_results"' in printed.stdout
+    assert 'REFERENCES "media"."photos" ("id")' in printed.stdout
+    with db.connect(database_url) as conn:
+        assert not db.has_results_table(conn, table.target)
+
+    first = run_cli("migrate", *options, cwd=tmp_path, database_url=database_url)
+
+    assert first.exit_code == 0, first.output
+    assert outcomes(first.stdout)["results-table"] == "created"
+    assert ("media", "photos_quality_results") in catalog(database_url)["tables"]
+    again = run_cli("migrate", *options, cwd=tmp_path, database_url=database_url)
+    assert outcomes(again.stdout)["results-table"] == "already present"
+    assert "results table" not in again.stdout.replace("results-table", ""), "reported once"
+
+
+def test_an_unusable_key_stops_migrate_before_it_changes_anything(
+    database_url: str, tmp_path: Path
+) -> None:
+    execute(database_url, "CREATE TABLE photos (ref text, url text NOT NULL)")
+    before = catalog(database_url)
+
+    result = run_cli(
+        "migrate",
+        "--table",
+        "photos",
+        "--id-column",
+        "ref",
+        cwd=tmp_path,
+        database_url=database_url,
+    )
+
+    assert result.exit_code == 2, result.output
+    assert "not a primary key or unique column" in result.output
+    assert catalog(database_url) == before

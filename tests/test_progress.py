@@ -15,6 +15,7 @@ import psycopg
 import pytest
 from rich.console import Console
 
+from backfill_quality import db
 from backfill_quality.cli.reporters import (
     JsonReporter,
     PlainReporter,
@@ -22,7 +23,7 @@ from backfill_quality.cli.reporters import (
     make_reporter,
 )
 from backfill_quality.cli.summary import summary_line
-from backfill_quality.config import RunSettings
+from backfill_quality.config import RunSettings, Target
 from backfill_quality.demo.imageserver import ImageServer
 from backfill_quality.demo.synthetic import make_bird_image
 from backfill_quality.errors import ConfigError
@@ -304,6 +305,8 @@ def test_the_bar_and_the_summary_show_the_same_elapsed_time(
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute("CREATE TABLE images (id serial PRIMARY KEY, url text, quality_score int)")
         conn.execute("INSERT INTO images (url) SELECT %s FROM generate_series(1, 4)", (url,))
+    with db.connect(database_url) as conn:  # a real run needs the results table
+        db.migrate(conn, Target(), only={"results-table"})
     buffer = StringIO()
     reporter = RichReporter(Console(file=buffer, force_terminal=True, width=160, color_system=None))
     settings = RunSettings(

@@ -19,7 +19,7 @@ from backfill_quality.pipeline.scoringpool import (
     RESTARTED,
     ScoringPool,
 )
-from backfill_quality.scoring.score import score_only
+from backfill_quality.scoring.score import score_for_run
 from tests.support.faults import kill_scoring_workers
 
 PHOTO = photo_bytes("owl.jpg")
@@ -55,11 +55,14 @@ def test_a_killed_worker_is_replaced_and_the_image_still_scored(
     pool: ScoringPool, give_ups: list[BackfillError], restarts: list[str]
 ) -> None:
     assert kill_scoring_workers(os.getpid()) >= 1
-    score = asyncio.run(pool.score(PHOTO))
-    assert score == score_only(PHOTO, Thresholds(), DEFAULT_MAX_PIXELS, DetectorChoice(), 1)
+    scored = asyncio.run(pool.score(PHOTO))
+    expected = score_for_run(PHOTO, Thresholds(), DEFAULT_MAX_PIXELS, DetectorChoice(), 1)
+    assert scored.analysis == expected.analysis
+    assert scored.content_sha256 == expected.content_sha256
     assert give_ups == []
     assert restarts == [RESTARTED]
-    assert asyncio.run(pool.score(PHOTO)) == score  # the replacement keeps working
+    again = asyncio.run(pool.score(PHOTO))  # the replacement keeps working
+    assert again.analysis == scored.analysis
 
 
 def test_crash_after_crash_gives_up_instead_of_looping(

@@ -1,5 +1,5 @@
-"""`backfill-quality migrate`: the score column, its CHECK, indexes (and, on request, the watch
-triggers) for the target table; each step says what it did. Safe to re-run."""
+"""`backfill-quality migrate`: the score column, its CHECK, indexes, the results table (and, on
+request, the watch triggers) for the target table; each step says what it did. Safe to re-run."""
 
 from __future__ import annotations
 
@@ -61,7 +61,8 @@ def migrate(
     ] = False,
     version: o.Version = False,
 ) -> None:
-    """Create the score column, its CHECK, indexes and get_quality_category() — safe to re-run.
+    """Create the score column, its CHECK, indexes, get_quality_category() and the results
+    table (TABLE_quality_results) — safe to re-run.
 
     Each step says what it did: created, already present, or skipped. Nothing rewrites the table
     or holds a long lock; the indexes are built CONCURRENTLY so writers are never blocked. A step

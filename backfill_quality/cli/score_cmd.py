@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -18,8 +20,11 @@ from backfill_quality.config import (
     thresholds_with_overrides,
 )
 from backfill_quality.errors import BackfillError
+from backfill_quality.results import result_to_dict
+from backfill_quality.scoring.version import scorer_version
 
 if TYPE_CHECKING:
+    from backfill_quality.fetching.fetcher import Fetched
     from backfill_quality.models import Analysis
 
 SCORE_EPILOG = """Examples:
@@ -34,14 +39,20 @@ SCORE_EPILOG = """Examples:
 """
 
 
-def read_source(source: str, fetch: FetchSettings) -> bytes:
-    """Bytes of a local file, or of an http(s) URL (anything with '://' is treated as a URL)."""
-    if "://" in source or source.startswith(("data:", "file:")):
-        from backfill_quality.fetching.fetcher import fetch_one  # httpx: only for a URL
+def is_url(source: str) -> bool:
+    """Anything with '://' (or data:/file:) is fetched as a URL; the rest is a local path."""
+    return "://" in source or source.startswith(("data:", "file:"))
 
-        return fetch_one(source, fetch).data
+
+def read_source(source: str, fetch: FetchSettings) -> Fetched:
+    """Bytes of a local file (no validators), or of an http(s) URL (anything with '://' is treated
+    as a URL) with the response's ETag and Last-Modified."""
+    from backfill_quality.fetching.fetcher import Fetched, fetch_one  # httpx: not for --help
+
+    if is_url(source):
+        return fetch_one(source, fetch)
     try:
-        return Path(source).read_bytes()
+        return Fetched(Path(source).read_bytes(), 1, source)
     except OSError as exc:
         raise BackfillError(f"cannot read {source}: {exc.strerror or exc}") from exc
 
@@ -86,17 +97,25 @@ def score(
     with error_boundary(verbose=verbose, as_json=as_json):
         from backfill_quality.cli.views import print_analysis, print_error  # rich
         from backfill_quality.scoring.detectors.factory import load_detector  # NumPy, ONNX
-        from backfill_quality.scoring.score import analysis_to_dict, score_image  # Pillow
+        from backfill_quality.scoring.score import describe, score_image  # Pillow
 
         thresholds = thresholds_with_overrides(threshold or [])
-        finder = load_detector(parse_detector(detector, bird_class), available_cpus())
+        choice = parse_detector(detector, bird_class)
+        threads = available_cpus()
+        finder = load_detector(choice, threads)  # a bad --detector fails here, at once
+        scorer = scorer_version(choice, thresholds)
         fetch = FetchSettings(timeout_s=timeout)
         for index, source in enumerate(sources, start=1):
             try:
-                data = read_source(source, fetch)
-                analysis = score_image(data, thresholds, finder)
+                started_s = time.perf_counter()
+                fetched = read_source(source, fetch)
+                read_ms = (time.perf_counter() - started_s) * 1000
+                scoring_started_s = time.perf_counter()
+                analysis = score_image(fetched.data, thresholds, finder)
+                score_ms = (time.perf_counter() - scoring_started_s) * 1000
                 if annotate is not None:
-                    write_annotation(data, analysis, annotate_path(annotate, index, len(sources)))
+                    out = annotate_path(annotate, index, len(sources))
+                    write_annotation(fetched.data, analysis, out)
             except BackfillError as exc:
                 failures += 1
                 if as_json:
@@ -105,7 +124,16 @@ def score(
                     print_error(source, str(exc))
                 continue
             if as_json:
-                typer.echo(json.dumps(analysis_to_dict(source, analysis)))
+                result = result_to_dict(
+                    source,
+                    describe(fetched.data, analysis, score_ms),
+                    scorer_version=scorer,
+                    scored_at=datetime.now(UTC),
+                    etag=fetched.etag,
+                    last_modified=fetched.last_modified,
+                    fetch_ms=read_ms if is_url(source) else None,
+                )
+                typer.echo(json.dumps(result))
             else:
                 print_analysis(source, analysis)
     raise typer.Exit(EXIT_SOME_FAILED if failures else EXIT_OK)

@@ -81,6 +81,16 @@ def print_table_stats(stats: TableStats, console: Console) -> None:
         f"{about}{stats.unscored:,} left"
         + (" [dim](planner estimates; --exact counts them)[/dim]" if stats.is_estimate else "")
     )
+    if stats.without_result is None:
+        console.print(
+            "[yellow]No results table[/yellow]: run `backfill-quality migrate` to keep what each"
+            " score is made of (a real run needs it)"
+        )
+    elif stats.without_result:
+        console.print(
+            f"[bold]Without a stored result[/bold]: {about}{stats.without_result:,} scored rows"
+            " (scored before the results table existed)"
+        )
     table = Table(title="Score distribution", title_justify="left")
     table.add_column("category")
     table.add_column("count", justify="right")

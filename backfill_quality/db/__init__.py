@@ -10,13 +10,16 @@ Callers use `from backfill_quality import db` and `db.<name>`; the submodules ow
 - `migrate`: planning and running the steps (or printing them as SQL)
 - `pages`: keyset page queries, counts and estimates of the rows left
 - `shards`: shard key ranges (integer keys: from the shard plan table, `migrate` step `shard-plan`)
-- `writes`: the pipelined per-row score UPDATEs, and the demo's seed rows
+- `results`: the results table (what each score was made of): its `migrate` step
+  `results-table`, the guarded statement that writes a score with its result, reading results back
+- `writes`: the pipelined per-row score UPDATEs with their results, and the demo's seed rows
 - `status`: monitoring SQL for `status` (categories, histograms, exact counts, estimates)
 - `watch`: LISTEN/NOTIFY for watch mode
 - `locks`: the advisory locks that keep two runs off one target, and who holds them
 
 Submodules import downwards only: connection <- schema <- pages <- status, pages <- shards;
-shards <- migration_steps <- watch_triggers <- migrate; writes, watch and locks use connection
+shards <- migration_steps <- watch_triggers <- migrate; results uses connection, schema and
+migration_steps, and migrate lists its step; writes uses results; watch and locks use connection
 and schema (watch also migration_steps, for the trigger's name).
 """
 
@@ -47,6 +50,13 @@ from backfill_quality.db.pages import (
     fetch_page,
     ids_after,
 )
+from backfill_quality.db.results import (
+    has_results_table,
+    read_results,
+    require_results_table,
+    results_label,
+    results_table_name,
+)
 from backfill_quality.db.schema import (
     INTEGER_ID_TYPES,
     SCORE_TYPES,
@@ -65,6 +75,8 @@ from backfill_quality.db.shards import (
 from backfill_quality.db.status import (
     ScoreBuckets,
     count_score_buckets,
+    count_scored_without_result,
+    estimate_results_rows,
     estimate_score_buckets,
     estimate_table_rows,
     score_distribution,
@@ -72,6 +84,7 @@ from backfill_quality.db.status import (
 )
 from backfill_quality.db.watch import listen, notify_channel, wait_for_notifications
 from backfill_quality.db.writes import (
+    ScoreWrite,
     WriteResult,
     replace_demo_rows,
     write_score_results,
@@ -94,6 +107,7 @@ __all__ = [
     "IdRange",
     "LockHolder",
     "ScoreBuckets",
+    "ScoreWrite",
     "StepPlan",
     "WriteResult",
     "advisory_lock_holders",
@@ -101,14 +115,17 @@ __all__ = [
     "check_target",
     "connect",
     "count_score_buckets",
+    "count_scored_without_result",
     "count_unscored",
     "describe_database",
+    "estimate_results_rows",
     "estimate_score_buckets",
     "estimate_table_rows",
     "estimate_unscored",
     "explain_ids_after",
     "explain_page_query",
     "fetch_page",
+    "has_results_table",
     "ids_after",
     "is_retryable",
     "key_range_for_shard",
@@ -117,9 +134,13 @@ __all__ = [
     "notify_channel",
     "plan_migration",
     "plan_target",
+    "read_results",
     "redact_url",
     "render_sql",
     "replace_demo_rows",
+    "require_results_table",
+    "results_label",
+    "results_table_name",
     "score_distribution",
     "score_histogram",
     "shard_plan_bounds",

@@ -12,7 +12,7 @@ strong lock waits for it at most 2 s; the step is then planned and run again aft
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 import psycopg
@@ -34,6 +34,7 @@ from backfill_quality.db.migration_steps import (
     refuse_rows_outside_range,
     resolve_subject,
 )
+from backfill_quality.db.results import plan_results_table
 from backfill_quality.db.watch_triggers import plan_watch_triggers
 from backfill_quality.errors import BackfillError, DatabaseError
 
@@ -46,6 +47,7 @@ STEPS: tuple[MigrationStep, ...] = (
     MigrationStep("unscored-index", plan_unscored_index),
     MigrationStep("watch-triggers", plan_watch_triggers),
     MigrationStep("shard-plan", plan_shard_plan),
+    MigrationStep("results-table", plan_results_table),
 )
 MIGRATIONS_LOCK_KEY = 0x6266_7175_616C  # pg_advisory_lock key: two `migrate` runs never race
 LOCK_RETRY_DELAYS_S = (1.0, 2.0, 4.0, 8.0)
@@ -67,14 +69,19 @@ def plan_migration(
     *,
     may_create_table: bool = False,
     with_watch: bool = False,
+    only: Collection[str] | None = None,
 ) -> list[StepPlan]:
-    """What every step would do, read from the catalog; nothing is changed. Raises ConfigError
-    (the table or a column cannot be used) or MigrationBlockedError (rows break the CHECK)."""
+    """What every step (or the steps named in `only`) would do, read from the catalog; nothing
+    is changed. Raises ConfigError (the table or a column cannot be used) or
+    MigrationBlockedError (rows break the CHECK)."""
+    unknown = set(only or ()) - {step.name for step in STEPS}
+    if unknown:
+        raise ValueError(f"no migration step named {', '.join(sorted(unknown))}")
     with _translated(f"reading the catalog for {target.label!r}"):
         subject = resolve_subject(
             conn, target, may_create_table=may_create_table, with_watch=with_watch
         )
-        return [step.plan(conn, subject) for step in STEPS]
+        return [step.plan(conn, subject) for step in STEPS if only is None or step.name in only]
 
 
 def migrate(
@@ -85,8 +92,10 @@ def migrate(
     with_watch: bool = False,
     lock_retry_delays_s: Sequence[float] = LOCK_RETRY_DELAYS_S,
     on_lock_wait: Callable[[str], None] = lambda message: None,
+    only: Collection[str] | None = None,
 ) -> list[StepPlan]:
-    """Run every step for `target`; return the plans (what each step found and did).
+    """Run every step for `target` (or the steps named in `only`); return the plans (what each
+    step found and did).
 
     `may_create_table`: no table was named, so the demo's `images` is created when no table of
     that name exists in any schema. `with_watch`: install the triggers `watch` listens to.
@@ -97,7 +106,7 @@ def migrate(
         conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATIONS_LOCK_KEY,))
     try:
         plans = plan_migration(
-            conn, target, may_create_table=may_create_table, with_watch=with_watch
+            conn, target, may_create_table=may_create_table, with_watch=with_watch, only=only
         )
 
         def resolve() -> Subject:

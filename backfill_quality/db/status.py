@@ -11,6 +11,7 @@ from psycopg import sql
 from backfill_quality.config import Target
 from backfill_quality.db.connection import _raw, _translate, _translated
 from backfill_quality.db.pages import estimate_unscored
+from backfill_quality.db.results import KEY_COLUMN, _results, results_label
 from backfill_quality.db.schema import _table, _table_label
 
 ScoreBuckets = tuple[int, list[int]]  # (unscored rows, scored rows per decile 0-9 … 90-100)
@@ -95,3 +96,37 @@ def estimate_table_rows(conn: psycopg.Connection[Any], target: Target) -> int:
     """The planner's estimate of the table's row count (instant)."""
     with _translated(f"estimating the size of {_table_label(target)!r}"):
         return _estimate_rows(conn, sql.SQL("SELECT 1 FROM {}").format(_table(target)), [])
+
+
+def count_scored_without_result(
+    conn: psycopg.Connection[Any], target: Target, *, timeout_ms: int | None = None
+) -> int | None:
+    """Scored rows with no stored result (scored before the results table existed, or by
+    another writer); None if `timeout_ms` ran out."""
+    query = sql.SQL(
+        "SELECT count(*) FROM {table} t WHERE t.{s} IS NOT NULL"
+        " AND NOT EXISTS (SELECT 1 FROM {results} r WHERE r.{image_id} = t.{id})"
+    ).format(
+        table=_table(target),
+        s=sql.Identifier(target.score_column),
+        results=_results(target),
+        image_id=sql.Identifier(KEY_COLUMN),
+        id=sql.Identifier(target.id_column),
+    )
+    try:
+        with conn.transaction():
+            if timeout_ms is not None:
+                conn.execute(f"SET LOCAL statement_timeout = {int(timeout_ms)}")
+            row = conn.execute(query).fetchone()
+    except psycopg.errors.QueryCanceled:
+        return None
+    except psycopg.Error as exc:
+        action = f"counting the scores without a result in {results_label(target)}"
+        raise _translate(exc, action) from exc
+    return int(row[0]) if row else 0
+
+
+def estimate_results_rows(conn: psycopg.Connection[Any], target: Target) -> int:
+    """The planner's estimate of the results table's row count (instant)."""
+    with _translated(f"estimating the size of {results_label(target)}"):
+        return _estimate_rows(conn, sql.SQL("SELECT 1 FROM {}").format(_results(target)), [])

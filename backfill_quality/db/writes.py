@@ -1,17 +1,17 @@
-"""Writing: the pipelined per-row score UPDATEs, and the demo's seed rows."""
+"""Writing: the pipelined per-row score UPDATEs with their results, and the demo's seed rows."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import psycopg
-from psycopg import sql
 
 from backfill_quality.config import Target
 from backfill_quality.db.connection import _translate
-from backfill_quality.db.schema import _table, _table_label
+from backfill_quality.db.results import guarded_write_statement, write_parameters
+from backfill_quality.db.schema import _table_label
 from backfill_quality.models import RowId
 
 
@@ -27,39 +27,41 @@ class WriteResult:
 # --- writing scores --------------------------------------------------------------------------
 
 
-def _update_statement(target: Target) -> sql.Composed:
-    return sql.SQL("UPDATE {table} SET {score} = $1 WHERE {id} = $2 AND {score} IS NULL").format(
-        table=_table(target),
-        score=sql.Identifier(target.score_column),
-        id=sql.Identifier(target.id_column),
-    )
+ScoreWrite = tuple[RowId, Mapping[str, Any]]
+"""One row to write: its key and its result record (`results.result_to_dict`), score included."""
 
 
 def write_score_results(
-    conn: psycopg.Connection[Any], target: Target, scores: Sequence[tuple[RowId, int]]
+    conn: psycopg.Connection[Any], target: Target, rows: Sequence[ScoreWrite]
 ) -> list[WriteResult]:
-    """Write each score in its own transaction, pipelined; report per row what happened.
+    """Write each score with its result, each row in its own transaction, pipelined; report per
+    row what happened.
 
-    In pipeline mode every statement up to a protocol Sync shares one implicit transaction, so
-    each UPDATE is followed by `Pipeline.sync()`: the row commits (or fails) alone, and a failed
-    row (say a CHECK violation) leaves the others untouched. A row already scored by someone
-    else, or deleted, is not written (`is_written=False`, no error). Losing the connection
-    raises a retryable DatabaseError; rows before it are committed, and retrying is harmless
-    because the UPDATE only fills NULL scores. Cost: `Pipeline.sync()` waits for its row's
-    result (psycopg has no public Sync that does not wait), so this is one round trip and one
-    commit per row; on a local socket about 2 000 rows/s, bounded by the per-commit WAL flush.
+    One statement per row (`guarded_write_statement`): the UPDATE that fills a NULL score and,
+    only for a row it updated, the INSERT of the result, so there is never a score without its
+    result or a result without its score. In pipeline mode every statement up to a protocol
+    Sync shares one implicit transaction, so each statement is followed by `Pipeline.sync()`:
+    the row commits (or fails) alone, and a failed row (say a CHECK violation) leaves the others
+    untouched. A row already scored by someone else, or deleted, is not written
+    (`is_written=False`, no error). Losing the connection raises a retryable DatabaseError; rows
+    before it are committed, and retrying is harmless because the UPDATE only fills NULL scores.
+    Cost: `Pipeline.sync()` waits for its row's result (psycopg has no public Sync that does not
+    wait), so this is one round trip and one commit per row; on a local socket about 2 000
+    rows/s, bounded by the per-commit WAL flush.
     """
-    statement = _update_statement(target)
+    statement = guarded_write_statement(target)
     results: list[WriteResult] = []
     try:
         with conn.pipeline() as pipeline, psycopg.RawCursor(conn) as cur:
-            for row_id, score in scores:
+            for row_id, result in rows:
                 try:
-                    cur.execute(statement, (score, row_id))
+                    cur.execute(statement, write_parameters(row_id, result))
                     pipeline.sync()
                 except (psycopg.IntegrityError, psycopg.DataError) as exc:
                     reason = str(exc).strip().splitlines()[0]
-                    error = f"the database refused score {score} for row {row_id}: {reason}"
+                    error = (
+                        f"the database refused score {result['score']} for row {row_id}: {reason}"
+                    )
                     results.append(WriteResult(row_id, False, error))
                     continue
                 results.append(WriteResult(row_id, cur.rowcount == 1))
@@ -71,20 +73,20 @@ def write_score_results(
 
 
 def write_scores(
-    conn: psycopg.Connection[Any], target: Target, scores: Sequence[tuple[RowId, int]]
+    conn: psycopg.Connection[Any], target: Target, rows: Sequence[ScoreWrite]
 ) -> list[bool]:
     """Per row: True if this call wrote the score, False if not (already scored, gone, failed)."""
-    return [result.is_written for result in write_score_results(conn, target, scores)]
+    return [result.is_written for result in write_score_results(conn, target, rows)]
 
 
 # --- demo data -----------------------------------------------------------------------------------
 
 
 def replace_demo_rows(conn: psycopg.Connection[Any], urls: Sequence[str]) -> None:
-    """Empty the demo's `images` table and insert one unscored row per URL (demo only)."""
+    """Empty the demo's `images` table (and its results) and insert one unscored row per URL."""
     try:
         with conn.transaction(), conn.cursor() as cur:
-            cur.execute("TRUNCATE images")
+            cur.execute("TRUNCATE images CASCADE")  # the results table references it
             cur.executemany("INSERT INTO images (url) VALUES (%s)", [(url,) for url in urls])
     except psycopg.Error as exc:
         raise _translate(exc, "filling the demo table") from exc

@@ -7,7 +7,8 @@ path (without the query string), readable with `hits`.
 
 Routes, chosen by path (`?img=<path>` names a registered image):
 
-- any path given to `add` — 200 with the bytes and their content type.
+- any path given to `add` — 200 with the bytes, their content type, an `ETag` (from the bytes)
+  and a `Last-Modified` (when they were added).
 - `/status/<code>` — that status (e.g. 404, 403, 500, 503) with a short text body.
 - `/flaky/<n>/<key>?img=` — 503 for the first n hits of that path, then the image.
 - `/retry-after/<seconds>/<key>?img=` — 429 with `Retry-After: <seconds>` on the first hit,
@@ -39,6 +40,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import email.utils
+import hashlib
 import socket
 import threading
 import time
@@ -78,6 +81,15 @@ class Served:
 class _Image:
     data: bytes
     content_type: str
+    validators: dict[str, str]
+    """ETag (from the bytes) and Last-Modified (when they were added), sent with the image."""
+
+
+def _validators(data: bytes) -> dict[str, str]:
+    return {
+        "ETag": f'"{hashlib.sha256(data).hexdigest()[:20]}"',
+        "Last-Modified": email.utils.formatdate(usegmt=True),
+    }
 
 
 class ImageServer:
@@ -106,7 +118,7 @@ class ImageServer:
         if not path.startswith("/"):
             path = "/" + path
         with self._lock:
-            self._images[path] = _Image(bytes(data), content_type)
+            self._images[path] = _Image(bytes(data), content_type, _validators(data))
         return self.url(path)
 
     def url(self, path: str) -> str:
@@ -235,7 +247,12 @@ class ImageServer:
             hit_count = self._hits[path]
         if image is not None:
             await send(
-                writer, 200, image.data, image.content_type, head_only=request.method == "HEAD"
+                writer,
+                200,
+                image.data,
+                image.content_type,
+                headers=image.validators,
+                head_only=request.method == "HEAD",
             )
             return True
         if head == "status" and len(parts) == 2 and parts[1].isdigit():

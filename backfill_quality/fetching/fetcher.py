@@ -25,7 +25,7 @@ import random
 import time
 import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Protocol
 from urllib.parse import urljoin
@@ -61,11 +61,20 @@ DOWNLOAD_DEADLINE_FACTOR = 4  # a whole attempt may take at most 4 x timeout_s
 
 @dataclass(frozen=True, slots=True)
 class Fetched:
-    """A downloaded body, how many attempts it took and the URL it finally came from."""
+    """A downloaded body, how many attempts it took, the URL it finally came from, and the
+    response's validators (`ETag`, `Last-Modified`, as sent; None when absent), and the seconds
+    the download took once it had its slot (retries included; None when not downloaded)."""
 
     data: bytes
     attempts: int
     final_url: str
+    etag: str | None = None
+    last_modified: str | None = None
+    download_s: float | None = field(default=None, compare=False)
+
+
+_Body = tuple[bytes, str, float, str | None, str | None]
+"""body, final URL, seconds to the last hop's head, ETag, Last-Modified"""
 
 
 def backoff_delay_s(
@@ -188,10 +197,11 @@ class ImageFetcher:
         gate = self.gate
         host = host_of(url)
         async with gate.hold(host):
+            held_s = time.perf_counter()  # fetch_ms: the download, not the wait for a slot
             for attempt in range(1, max_attempts + 1):
                 async with gate.attempt(host) as sent_s:
                     try:
-                        data, final_url, head_s = await self._attempt(url)
+                        data, final_url, head_s, etag, last_modified = await self._attempt(url)
                     except AttemptError as err:
                         if err.pushback is not None:
                             gate.pushed_back(host, err.pushback, sent_s, err.retry_after_s)
@@ -200,7 +210,10 @@ class ImageFetcher:
                         delay_s = self._delay_before_retry_s(err, attempt)
                     else:
                         gate.answered(host, head_s)
-                        return Fetched(data, attempt, final_url)
+                        download_s = time.perf_counter() - held_s
+                        return Fetched(
+                            data, attempt, final_url, etag, last_modified, download_s=download_s
+                        )
                 await asyncio.sleep(delay_s)
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -210,7 +223,7 @@ class ImageFetcher:
             return min(err.retry_after_s, s.retry_after_cap_s)
         return backoff_delay_s(attempt - 1, s.backoff_base_s, s.backoff_cap_s, self._rng)
 
-    async def _attempt(self, url: str) -> tuple[bytes, str, float]:
+    async def _attempt(self, url: str) -> _Body:
         deadline_s = self.settings.timeout_s * DOWNLOAD_DEADLINE_FACTOR
         try:
             async with asyncio.timeout(None) as timeout:
@@ -219,8 +232,9 @@ class ImageFetcher:
             detail = f"download took longer than {deadline_s:g}s"
             raise AttemptError("timed out", detail, retryable=True) from exc
 
-    async def _follow_redirects(self, url: str, deadline: _Deadline) -> tuple[bytes, str, float]:
-        """The body, the URL it came from, and the seconds the last hop took to its head."""
+    async def _follow_redirects(self, url: str, deadline: _Deadline) -> _Body:
+        """The body, the URL it came from, the seconds the last hop took to its head, and the
+        response's ETag and Last-Modified."""
         client = self._client
         if client is None:
             raise RuntimeError("ImageFetcher used outside 'async with'")
@@ -240,7 +254,10 @@ class ImageFetcher:
                     if response.status_code in REDIRECT_STATUSES and location:
                         current = urljoin(current, location)
                         continue
-                    return await self._read_body(response), current, head_s
+                    body = await self._read_body(response)
+                    headers = response.headers
+                    etag, modified = headers.get("etag"), headers.get("last-modified")
+                    return body, current, head_s, etag, modified
                 finally:
                     await response.aclose()
             except httpx.HTTPError as exc:

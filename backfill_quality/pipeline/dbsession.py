@@ -19,7 +19,6 @@ from typing import Any, TypeVar
 from backfill_quality import db
 from backfill_quality.config import Target
 from backfill_quality.errors import DatabaseError
-from backfill_quality.models import RowId
 
 T = TypeVar("T")
 
@@ -74,12 +73,13 @@ class DatabaseSession:
         return await self._on_thread(lambda: self._call_sync(fn, *args, **kwargs))
 
     async def write_scores(
-        self, target: Target, scores: Sequence[tuple[RowId, int]]
+        self, target: Target, rows: Sequence[db.ScoreWrite]
     ) -> list[db.WriteResult]:
-        """Write a batch; after a reconnect only the rows not yet confirmed are sent again, so
-        a row committed before the loss is not mistaken for someone else's write."""
+        """Write a batch of scores with their results; after a reconnect only the rows not yet
+        confirmed are sent again, so a row committed before the loss is not mistaken for someone
+        else's write."""
         done: list[db.WriteResult] = []
-        remaining = list(scores)
+        remaining = list(rows)
 
         def attempt(conn: Any) -> list[db.WriteResult]:
             nonlocal remaining

@@ -24,11 +24,22 @@ class RunStart:
     """Unscored rows after the checkpoint's mark (in the shard), whatever --limit says."""
     notes: tuple[str, ...] = ()
     """What the user should know about the start (a replaced dry-run checkpoint)."""
+    warnings: tuple[str, ...] = ()
+    """What may go wrong later (a dry run without the results table)."""
 
 
 def prepare_run(conn: Any, s: RunSettings) -> RunStart:
     """Check the target, choose the checkpoint (new, resumed or refused), count the rows left."""
     id_type = db.check_target(conn, s.target)
+    warnings: tuple[str, ...] = ()
+    if not s.dry_run:
+        db.require_results_table(conn, s.target)  # before the checkpoint: nothing to undo
+    elif not db.has_results_table(conn, s.target):
+        warnings = (
+            f"the results table {db.results_label(s.target)} does not exist: this dry run "
+            "writes nothing anyway, but a real run will refuse to start until "
+            "`backfill-quality migrate` has created it",
+        )
     database = db.describe_database(conn)
     fingerprint = make_fingerprint(database=database, target=s.target, shard=s.shard)
     path = run_checkpoint_path(s)
@@ -47,7 +58,8 @@ def prepare_run(conn: Any, s: RunSettings) -> RunStart:
     left = db.count_unscored(conn, s.target, after_id=mark, id_range=id_range)
     checkpoint.total = checkpoint.processed + left  # every row left: --limit is shown apart
     checkpoint.finished = False
-    return RunStart(checkpoint, path, id_range, left, (replaced,) if replaced else ())
+    notes = (replaced,) if replaced else ()
+    return RunStart(checkpoint, path, id_range, left, notes, warnings)
 
 
 def _replaced_dry_run(settings: RunSettings, path: Path) -> str | None:

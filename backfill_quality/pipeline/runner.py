@@ -14,6 +14,7 @@ from collections import deque
 from collections.abc import Collection
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,8 @@ from backfill_quality.pipeline.resume import RunStart, prepare_run
 from backfill_quality.pipeline.runlock import TargetLock, holder_name
 from backfill_quality.pipeline.scoringpool import ScoringPool
 from backfill_quality.pipeline.signals import StopSignals, stopping_message
+from backfill_quality.results import result_to_dict
+from backfill_quality.scoring.version import scorer_version
 
 NOTHING_TO_DO = "No images need quality score backfill"
 WRITE_BATCH_MAX = 50
@@ -100,6 +103,7 @@ class Runner:
         self._main: asyncio.Task[RunSummary] | None = None
         self._session: DatabaseSession | None = None
         self._eta = EtaEstimator()
+        self._scorer_version = ""  # known once the scoring processes are warm
 
     def run(self) -> RunSummary:
         """Run to the end of the table, to --limit, or to a signal; returns the summary."""
@@ -129,9 +133,15 @@ class Runner:
                 await session.open()
                 # the scoring processes start while the database is checked and counted
                 self._pool.start()
+                s = self.settings  # the version hashes the model files: beside the warm-up
+                versioning = asyncio.ensure_future(
+                    asyncio.to_thread(scorer_version, s.detector, s.thresholds)
+                )
+                versioning.add_done_callback(lambda done: done.cancelled() or done.exception())
                 start, _ = await asyncio.gather(
                     session.call(self._prepare), asyncio.to_thread(self._pool.warm_up)
                 )
+                self._scorer_version = await versioning
             except asyncio.CancelledError:
                 if self._interrupted is None:
                     raise
@@ -139,6 +149,8 @@ class Runner:
             checkpoint, path = start.checkpoint, start.path
             for note in start.notes:
                 self.reporter.info(note)
+            for warning in start.warnings:
+                self.reporter.warning(warning)
             save_checkpoint(path, checkpoint)  # from now on, --resume has something to resume
             if start.left == 0:
                 return self._finish_empty(checkpoint, path)
@@ -305,8 +317,17 @@ class Runner:
         try:
             fetched = await fetcher.fetch(row.url)
             attempts = fetched.attempts
-            score = await self._pool.score(fetched.data)  # retried once if the pool broke
-            return Outcome(row, score=score, attempts=attempts)
+            scored = await self._pool.score(fetched.data)  # retried once if the pool broke
+            result = result_to_dict(
+                row.url,
+                scored,
+                scorer_version=self._scorer_version,
+                scored_at=datetime.now(UTC),
+                etag=fetched.etag,
+                last_modified=fetched.last_modified,
+                fetch_ms=None if fetched.download_s is None else fetched.download_s * 1000,
+            )
+            return Outcome(row, score=scored.score, attempts=attempts, result=result)
         except FetchError as exc:
             return Outcome(row, error=str(exc), attempts=exc.attempts)
         except DecodeError as exc:
@@ -348,10 +369,10 @@ class Runner:
     async def _write_batch(
         self, session: DatabaseSession, batch: list[tuple[Outcome, _Page]], state: _State
     ) -> None:
-        scores = [(o.row.id, o.score) for o, _ in batch if o.score is not None]
+        rows = [(o.row.id, o.result) for o, _ in batch if o.result is not None]
         written: dict[RowId, db.WriteResult] = {}
-        if scores and not self.settings.dry_run:
-            results = await session.write_scores(self.settings.target, scores)
+        if rows and not self.settings.dry_run:
+            results = await session.write_scores(self.settings.target, rows)
             written = {result.row_id: result for result in results}
         for outcome, page in batch:
             result = written.get(outcome.row.id)

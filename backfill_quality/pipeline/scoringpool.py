@@ -19,6 +19,7 @@ from concurrent.futures.process import BrokenProcessPool
 
 from backfill_quality.config import DetectorChoice, Thresholds, available_cpus
 from backfill_quality.errors import BackfillError
+from backfill_quality.models import ScoredImage
 from backfill_quality.pipeline.lifeline import FORKSERVER_PRELOAD_MODULE, Lifeline, start_forkserver
 from backfill_quality.pipeline.worker import (
     SCORING_MODULE,
@@ -107,8 +108,8 @@ class ScoringPool:
             for future in futures:
                 future.result()
 
-    async def score(self, data: bytes) -> int:
-        """The score of one encoded image, computed in a worker process.
+    async def score(self, data: bytes) -> ScoredImage:
+        """The analysis of one encoded image, computed in a worker process.
 
         Raises DecodeError for unusable bytes, and BrokenProcessPool when the pool broke twice
         under this image (the first time it is retried: a crash elsewhere may have taken it along).
@@ -132,7 +133,7 @@ class ScoringPool:
             self._lifeline.close()  # a scoring process of a replaced pool still exiting goes too
             self._lifeline = None
 
-    async def _score_once(self, data: bytes) -> int:
+    async def _score_once(self, data: bytes) -> ScoredImage:
         """Score in a worker process; a broken pool is replaced (once per breakage) and the
         error re-raised. Crash after crash with no success in between is fatal."""
         executor = self._executor

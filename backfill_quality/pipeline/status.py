@@ -51,6 +51,9 @@ class TableStats:
     unscored: int
     histogram: list[int]
     is_estimate: bool = False
+    without_result: int | None = None
+    """Scored rows with no stored result (scored before the results table existed); None when
+    there is no results table (`migrate` has not created it)."""
 
     @property
     def scored(self) -> int:
@@ -154,14 +157,19 @@ def table_stats(database_url: str, target: Target, *, exact: bool = False) -> Ta
     with db.connect(database_url) as conn:
         db.check_target(conn, target)
         counts: db.ScoreBuckets | None = None
-        if exact:
-            counts = db.count_score_buckets(conn, target)
-        elif db.estimate_table_rows(conn, target) <= db.EXACT_COUNT_LIMIT:
-            counts = db.count_score_buckets(conn, target, timeout_ms=db.EXACT_COUNT_TIMEOUT_MS)
-        if counts is not None:
-            return TableStats(unscored=counts[0], histogram=counts[1])
-        unscored, histogram = db.estimate_score_buckets(conn, target)
-    return TableStats(unscored=unscored, histogram=histogram, is_estimate=True)
+        timeout_ms = None if exact else db.EXACT_COUNT_TIMEOUT_MS
+        if exact or db.estimate_table_rows(conn, target) <= db.EXACT_COUNT_LIMIT:
+            counts = db.count_score_buckets(conn, target, timeout_ms=timeout_ms)
+        is_estimate = counts is None
+        unscored, histogram = counts or db.estimate_score_buckets(conn, target)
+        without_result = None
+        if db.has_results_table(conn, target):
+            if not is_estimate:
+                without_result = db.count_scored_without_result(conn, target, timeout_ms=timeout_ms)
+            if without_result is None:  # the planner's figures: scored rows minus results
+                is_estimate = True
+                without_result = max(0, sum(histogram) - db.estimate_results_rows(conn, target))
+    return TableStats(unscored, histogram, is_estimate, without_result)
 
 
 def report_status(
@@ -201,6 +209,7 @@ def status_to_dict(report: StatusReport) -> dict[str, Any]:
             "isEstimate": report.table.is_estimate,
             "distribution": report.table.distribution,
             "histogram": report.table.histogram,
+            "scoredWithoutResult": report.table.without_result,
         }
     return {
         "checkpoints": [_checkpoint_to_dict(info) for info in report.checkpoints],

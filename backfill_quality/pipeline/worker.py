@@ -11,6 +11,7 @@ import signal
 from multiprocessing.connection import Connection
 
 from backfill_quality.config import DetectorChoice, Thresholds
+from backfill_quality.models import ScoredImage
 from backfill_quality.pipeline.lifeline import die_with_parent, hold_lifeline
 
 SCORING_MODULE = "backfill_quality.scoring.score"
@@ -28,11 +29,11 @@ def prepare_worker(lifeline: Connection) -> None:
 
 def score_in_worker(
     data: bytes, thresholds: Thresholds, max_pixels: int, detector: DetectorChoice, threads: int
-) -> int:
-    """The overall score of one encoded image (raises DecodeError for unusable bytes)."""
-    from backfill_quality.scoring.score import score_only
+) -> ScoredImage:
+    """The analysis of one encoded image (raises DecodeError for unusable bytes)."""
+    from backfill_quality.scoring.score import score_for_run
 
-    return score_only(data, thresholds, max_pixels, detector, threads)
+    return score_for_run(data, thresholds, max_pixels, detector, threads)
 
 
 def warm_up(detector: DetectorChoice, threads: int) -> None:

@@ -1,16 +1,18 @@
 """Scoring one image: bytes -> decoded working copy -> measurements -> the five checks.
 
 `score_image` is pure (same bytes, thresholds and detector, same result, on any worker, in any
-order); `score_only` is what the process pool runs; `analysis_to_dict` is the JSON contract of
-`score --json`.
+order); `score_for_run` is what the process pool runs. The JSON contract of a result is
+`backfill_quality.results`.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import hashlib
+import time
 
 from backfill_quality.config import DEFAULT_MAX_PIXELS, DetectorChoice, Thresholds
-from backfill_quality.models import Analysis, Measurements
+from backfill_quality.models import Analysis, Measurements, ScoredImage
+from backfill_quality.results import analysis_fields
 from backfill_quality.scoring.checks import evaluate
 from backfill_quality.scoring.detectors.base import Detector
 from backfill_quality.scoring.detectors.factory import load_detector
@@ -44,45 +46,23 @@ def score_image(
     return evaluate(measure(data, detector, max_pixels=max_pixels), thresholds)
 
 
-def score_only(
+def score_for_run(
     data: bytes, thresholds: Thresholds, max_pixels: int, choice: DetectorChoice, threads: int
-) -> int:
-    """The overall score alone: what the backfill's worker processes send back (a small record).
-    The detector is built on the first call in each process and kept."""
+) -> ScoredImage:
+    """What the backfill's worker processes send back (a small record): the analysis, the
+    bytes' size and SHA-256, and the scoring time. The detector is built on the first call in
+    each process and kept."""
+    started_s = time.perf_counter()
     detector = load_detector(choice, threads)
-    return score_image(data, thresholds, detector, max_pixels=max_pixels).score
+    analysis = score_image(data, thresholds, detector, max_pixels=max_pixels)
+    return describe(data, analysis, (time.perf_counter() - started_s) * 1000)
 
 
-def analysis_to_dict(source: str, analysis: Analysis) -> dict[str, Any]:
-    """The `score --json` object: keys source, width, height, score, category, brightness, subject,
-    checks (SPEC section 3)."""
-    m = analysis.measurements
-    subject: dict[str, Any] | None = None
-    if m.subject is not None:
-        box = m.subject.bbox
-        subject = {
-            "bbox": {
-                "x": round(box.x, 4),
-                "y": round(box.y, 4),
-                "width": round(box.width, 4),
-                "height": round(box.height, 4),
-            },
-            "count": m.subject.count,
-            "visibleRatio": round(m.subject.visible_ratio, 4),
-            "confidence": round(m.subject.confidence, 4),
-        }
-    return {
-        "source": source,
-        "width": m.width,
-        "height": m.height,
-        "score": analysis.score,
-        "category": analysis.category,
-        "brightness": round(m.brightness, 2),
-        "detector": m.detector,
-        "presence": None if m.presence is None else round(m.presence, 4),
-        "subject": subject,
-        "checks": {
-            c.name: {"score": c.score, "passed": c.passed, "reason": c.reason}
-            for c in analysis.checks
-        },
-    }
+def describe(data: bytes, analysis: Analysis, score_ms: float) -> ScoredImage:
+    """The analysis of `data` in its JSON form, with the bytes' size and SHA-256."""
+    return ScoredImage(
+        analysis=analysis_fields(analysis),
+        byte_size=len(data),
+        content_sha256=hashlib.sha256(data).hexdigest(),
+        score_ms=score_ms,
+    )

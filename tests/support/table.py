@@ -84,8 +84,9 @@ class UserTable:
             "score": sql.Identifier(self.score_column),
         }
 
-    def create(self, *, with_score_column: bool = True) -> UserTable:
-        """Create the table with extra columns; without the score column `migrate` must add it."""
+    def create(self, *, with_score_column: bool = True, with_results: bool = True) -> UserTable:
+        """Create the table with extra columns; without the score column `migrate` must add it.
+        `with_results`: also its results table (the step `migrate --table` runs)."""
         score_decl = sql.SQL(", {} integer").format(sql.Identifier(self.score_column))
         statement = sql.SQL(
             "CREATE TABLE {table} ({id} {id_decl}, {url} text NOT NULL, title text,"
@@ -97,7 +98,28 @@ class UserTable:
         )
         with self._connect() as conn:
             conn.execute(statement)
+        if with_results:  # only the step `results-table` of `migrate`
+            with db.connect(self.database_url) as conn:
+                db.migrate(conn, self.target, only={"results-table"})
         return self
+
+    @property
+    def target(self) -> Target:
+        return Target(
+            table=self.name,
+            schema=self.schema,
+            id_column=self.id_column,
+            url_column=self.url_column,
+            score_column=self.score_column,
+        )
+
+    def results(self) -> dict[RowKey, dict[str, Any]]:
+        """Every stored result by row key (uuid keys as strings), under the JSON keys."""
+        with db.connect(self.database_url) as conn:
+            return db.read_results(conn, self.target)
+
+    def results_table(self) -> str:
+        return db.results_table_name(self.target)
 
     def install_audit(self) -> UserTable:
         """Record every UPDATE of the score column (one `audit` row per row written)."""
