@@ -20,7 +20,7 @@ from typing import Any, Literal, cast, get_args
 import psycopg
 from psycopg import sql
 
-from backfill_quality.config import Target
+from backfill_quality.config import TREND_BY_SCORED_AT, Target
 from backfill_quality.db.connection import _raw, _translated
 from backfill_quality.db.results import KEY_COLUMN, _results, check_column, results_label
 from backfill_quality.db.schema import _columns, _find_table, _table
@@ -29,7 +29,7 @@ from backfill_quality.results import CHECK_NAMES
 
 Every = Literal["day", "week", "month"]
 EVERY_CHOICES: tuple[str, ...] = get_args(Every)
-SCORED_AT = "scored_at"
+SCORED_AT = TREND_BY_SCORED_AT
 """`by` naming the results table's own time (the default), not a column of the user's table."""
 DATE_TYPES = frozenset({"date", "timestamp without time zone", "timestamp with time zone"})
 CATEGORIES = ("high", "medium", "low")
