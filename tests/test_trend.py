@@ -58,6 +58,8 @@ def known(pg_admin_url: str) -> Iterator[Known]:
     empty = create_known_table(url, "empty photos", [])
     elsewhere_rows = rows[::4]
     elsewhere = create_known_table(url, "photos", elsewhere_rows, schema="media")
+    with psycopg.connect(url, autocommit=True) as conn:  # one upload date unknown
+        conn.execute("UPDATE media.photos SET created_at = NULL WHERE id = %s", (rows[0].key,))
     yield Known(url, target, empty, rows, elsewhere, elsewhere_rows)
     with psycopg.connect(pg_admin_url, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
@@ -121,6 +123,17 @@ def test_the_resolution_pass_rate_falls_as_uploads_get_smaller(known: Known) -> 
     assert months[-1].pass_rates["resolution"] < 0.5
     assert months[-1].mean_width < months[0].mean_width
     assert set(months[0].pass_rates) == set(CHECK_NAMES) == set(months[0].check_scores)
+
+
+def test_rows_whose_column_is_null_belong_to_no_period(known: Known) -> None:
+    with db.connect(known.database_url) as conn:
+        months = db.quality_trend(conn, known.elsewhere, by="created_at", every="month")
+
+    dated = [r for r in known.elsewhere_rows if r.key != known.rows[0].key]
+    assert len(dated) == len(known.elsewhere_rows) - 1
+    for found, want in pairs(months, expected_trend(dated, "month", "created_at")):
+        assert (found.rows, found.categories) == (want.rows, want.categories)
+        assert found.mean_score == pytest.approx(want.mean_score)
 
 
 def test_an_empty_results_table_has_no_periods(known: Known) -> None:
