@@ -29,7 +29,7 @@ OWNERS = {
         "demo/photos.py",
     },
     "onnxruntime": {"scoring/detectors/runtime.py"},
-    "rich": {"cli/reporters.py", "cli/views.py"},
+    "rich": {"cli/reporters.py", "cli/views.py", "cli/trend_view.py"},
     "typer": {"cli/"},
 }
 # modules at the bottom of the import graph: they import no other project module but these
