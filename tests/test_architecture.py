@@ -24,6 +24,7 @@ OWNERS = {
     "PIL": {
         "scoring/imaging.py",
         "scoring/annotate.py",
+        "scoring/thumbnail.py",
         "demo/synthetic.py",
         "demo/compose.py",
         "demo/photos.py",
@@ -31,6 +32,7 @@ OWNERS = {
     "onnxruntime": {"scoring/detectors/runtime.py"},
     "rich": {"cli/reporters.py", "cli/views.py"},
     "typer": {"cli/"},
+    "jinja2": {"report/"},
 }
 # modules at the bottom of the import graph: they import no other project module but these
 FOUNDATION = {
@@ -42,9 +44,11 @@ FOUNDATION = {
 }
 LEAVES = {"config", "models", "errors", "redaction", "results"}
 # folder -> the folders it may import (besides the leaves and itself); imports point one way:
-# cli -> pipeline -> fetching / scoring / db -> leaves, and demo beside the pipeline
+# cli -> pipeline -> fetching / scoring / db -> leaves, demo beside the pipeline, and the report
+# above the pipeline (it reads checkpoints and fetches thumbnails) but below the cli
 LAYERS = {
-    "cli": {"pipeline", "fetching", "scoring", "db", "demo"},
+    "cli": {"pipeline", "fetching", "scoring", "db", "demo", "report"},
+    "report": {"pipeline", "fetching", "scoring", "db"},
     "pipeline": {"fetching", "scoring", "db"},
     "demo": {"pipeline", "scoring", "db"},
     "fetching": set(),

@@ -13,6 +13,7 @@ Callers use `from backfill_quality import db` and `db.<name>`; the submodules ow
 - `results`: the results table (what each score was made of): its `migrate` step
   `results-table`, the guarded statement that writes a score with its result, reading results back
 - `writes`: the pipelined per-row score UPDATEs with their results, and the demo's seed rows
+- `report`: the review report's aggregates and galleries over the results table
 - `status`: monitoring SQL for `status` (categories, histograms, exact counts, estimates)
 - `watch`: LISTEN/NOTIFY for watch mode
 - `locks`: the advisory locks that keep two runs off one target, and who holds them
@@ -49,6 +50,14 @@ from backfill_quality.db.pages import (
     explain_page_query,
     fetch_page,
     ids_after,
+)
+from backfill_quality.db.report import (
+    GalleryRow,
+    ResultFigures,
+    category_sample,
+    failed_check_sample,
+    lowest_scored,
+    result_figures,
 )
 from backfill_quality.db.results import (
     has_results_table,
@@ -104,14 +113,17 @@ __all__ = [
     "TEXT_ID_TYPES",
     "URL_TYPES",
     "UUID_SPACE",
+    "GalleryRow",
     "IdRange",
     "LockHolder",
+    "ResultFigures",
     "ScoreBuckets",
     "ScoreWrite",
     "StepPlan",
     "WriteResult",
     "advisory_lock_holders",
     "advisory_unlock",
+    "category_sample",
     "check_target",
     "connect",
     "count_score_buckets",
@@ -124,12 +136,14 @@ __all__ = [
     "estimate_unscored",
     "explain_ids_after",
     "explain_page_query",
+    "failed_check_sample",
     "fetch_page",
     "has_results_table",
     "ids_after",
     "is_retryable",
     "key_range_for_shard",
     "listen",
+    "lowest_scored",
     "migrate",
     "notify_channel",
     "plan_migration",
@@ -139,6 +153,7 @@ __all__ = [
     "render_sql",
     "replace_demo_rows",
     "require_results_table",
+    "result_figures",
     "results_label",
     "results_table_name",
     "score_distribution",
