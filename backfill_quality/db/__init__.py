@@ -15,13 +15,14 @@ Callers use `from backfill_quality import db` and `db.<name>`; the submodules ow
 - `writes`: the pipelined per-row score UPDATEs with their results, and the demo's seed rows
 - `report`: the review report's aggregates and galleries over the results table
 - `status`: monitoring SQL for `status` (categories, histograms, exact counts, estimates)
+- `trend`: quality per day, week or month from the results table (`status --trend`, `report`)
 - `watch`: LISTEN/NOTIFY for watch mode
 - `locks`: the advisory locks that keep two runs off one target, and who holds them
 
 Submodules import downwards only: connection <- schema <- pages <- status, pages <- shards;
 shards <- migration_steps <- watch_triggers <- migrate; results uses connection, schema and
-migration_steps, and migrate lists its step; writes uses results; watch and locks use connection
-and schema (watch also migration_steps, for the trigger's name).
+migration_steps, and migrate lists its step; writes and trend use results; watch and locks use
+connection and schema (watch also migration_steps, for the trigger's name).
 """
 
 from backfill_quality.db.connection import connect, describe_database, is_retryable, redact_url
@@ -91,6 +92,14 @@ from backfill_quality.db.status import (
     score_distribution,
     score_histogram,
 )
+from backfill_quality.db.trend import (
+    EVERY_CHOICES,
+    SCORED_AT,
+    TrendPeriod,
+    check_every,
+    quality_trend,
+    trend_query,
+)
 from backfill_quality.db.watch import listen, notify_channel, wait_for_notifications
 from backfill_quality.db.writes import (
     ScoreWrite,
@@ -101,11 +110,13 @@ from backfill_quality.db.writes import (
 )
 
 __all__ = [
+    "EVERY_CHOICES",
     "EXACT_COUNT_LIMIT",
     "EXACT_COUNT_TIMEOUT_MS",
     "INTEGER_ID_TYPES",
     "MIGRATIONS_LOCK_KEY",
     "NOTIFY_TRIGGER",
+    "SCORED_AT",
     "SCORE_TYPES",
     "SHARD_PLAN_TABLE",
     "STEPS",
@@ -120,10 +131,12 @@ __all__ = [
     "ScoreBuckets",
     "ScoreWrite",
     "StepPlan",
+    "TrendPeriod",
     "WriteResult",
     "advisory_lock_holders",
     "advisory_unlock",
     "category_sample",
+    "check_every",
     "check_target",
     "connect",
     "count_score_buckets",
@@ -148,6 +161,7 @@ __all__ = [
     "notify_channel",
     "plan_migration",
     "plan_target",
+    "quality_trend",
     "read_results",
     "redact_url",
     "render_sql",
@@ -160,6 +174,7 @@ __all__ = [
     "score_histogram",
     "shard_plan_bounds",
     "table_identity",
+    "trend_query",
     "try_advisory_lock",
     "wait_for_notifications",
     "write_score_results",
