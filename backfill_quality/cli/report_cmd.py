@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from backfill_quality.cli import options as o
-from backfill_quality.cli.app import EXIT_OK, app, error_boundary
+from backfill_quality.cli.app import EXIT_OK, app, error_boundary, fail
 from backfill_quality.config import DEFAULT_MAX_BYTES, DEFAULT_RETRIES, DEFAULT_TIMEOUT_S
 from backfill_quality.redaction import register_database_secrets
 
@@ -59,6 +61,36 @@ PerGallery = Annotated[
     ),
 ]
 
+TrendBy = Annotated[
+    str | None,
+    typer.Option(
+        "--by",
+        metavar="COLUMN",
+        help="The trend's time: scored_at (when each image was scored, the default) or a date or"
+        " timestamp column of the table (e.g. created_at).",
+        rich_help_panel=o.OUTPUT_PANEL,
+    ),
+]
+TrendEvery = Annotated[
+    str,
+    typer.Option(
+        "--every",
+        metavar="day|week|month",
+        help="The trend's period (calendar periods in UTC).",
+        rich_help_panel=o.OUTPUT_PANEL,
+    ),
+]
+ReportPath = Annotated[
+    Path | None,
+    typer.Option(
+        "--report",
+        metavar="PATH",
+        dir_okay=False,
+        help="At the end, write the review report there (as `backfill-quality report --out`).",
+        rich_help_panel=o.OUTPUT_PANEL,
+    ),
+]
+
 
 def write_report(
     *,
@@ -88,6 +120,40 @@ def write_report(
     return build_report(settings).figures
 
 
+def report_at_end(
+    out: Path,
+    *,
+    database_url: str,
+    target: Target,
+    checkpoint: Path,
+    deny_private_networks: bool = False,
+    as_json: bool = False,
+) -> str | None:
+    """`run --report`, `watch --report`, the demo: write the report, say where (a JSON event with
+    --json), or why not; its absolute path, None when it could not be written (the work before
+    it stands)."""
+    from backfill_quality.errors import BackfillError
+
+    try:
+        figures = write_report(
+            database_url=database_url,
+            target=target,
+            out=out,
+            checkpoint=checkpoint,
+            deny_private_networks=deny_private_networks,
+        )
+    except BackfillError as exc:
+        fail(f"the report was not written: {exc}", as_json=as_json)
+        return None
+    path = str(figures["path"])
+    if as_json:
+        event = {"event": "report", "ts": datetime.now(UTC).isoformat(), "path": path}
+        print(json.dumps(event | {"bytes": figures["bytes"]}), file=sys.stderr)
+    else:
+        print(f"Report written: {path}", file=sys.stderr)
+    return path
+
+
 @app.command(epilog=REPORT_EPILOG)
 def report(
     database_url: o.DatabaseUrl = "",
@@ -99,6 +165,8 @@ def report(
     out: ReportOut = DEFAULT_REPORT,
     no_thumbnails: NoThumbnails = False,
     per_gallery: PerGallery = DEFAULT_PER_GALLERY,
+    by: TrendBy = None,
+    every: TrendEvery = "week",
     timeout: o.Timeout = DEFAULT_TIMEOUT_S,
     max_bytes: o.MaxBytes = DEFAULT_MAX_BYTES,
     retries: o.Retries = DEFAULT_RETRIES,
@@ -133,6 +201,8 @@ def report(
             checkpoint=checkpoint,
             has_thumbnails=not no_thumbnails,
             per_gallery=per_gallery,
+            by=by,
+            every=every,
             fetch=FetchSettings(
                 timeout_s=timeout,
                 max_bytes=max_bytes,

@@ -21,6 +21,7 @@ from backfill_quality import db
 from backfill_quality.config import Target
 from backfill_quality.errors import BackfillError
 from backfill_quality.pipeline.checkpoint import Checkpoint, load_checkpoint
+from backfill_quality.pipeline.lastreport import LastReport, last_report
 from backfill_quality.redaction import redact
 
 CATEGORY_DECILES = {"high": range(8, 10), "medium": range(6, 8), "low": range(0, 6)}
@@ -93,6 +94,8 @@ class StatusReport:
     table_problem_exit_code: int = 0
     """The exit code of the error behind `table_problem`: 2 when an option must be fixed (a
     malformed --database-url, an unknown table or column), 1 when the database failed."""
+    last_report: LastReport | None = None
+    """Where the last review report beside the checkpoint was written (pipeline/lastreport.py)."""
 
     @property
     def shard_groups(self) -> list[ShardGroup]:
@@ -177,11 +180,12 @@ def report_status(
 ) -> StatusReport:
     """Checkpoints always; the table's figures unless the database fails (then why, instead)."""
     checkpoints = find_checkpoints(checkpoint)
+    report = last_report(checkpoint)
     try:
         table = table_stats(database_url, target, exact=exact)
     except BackfillError as exc:
-        return StatusReport(checkpoints, None, str(exc), exc.exit_code)
-    return StatusReport(checkpoints, table)
+        return StatusReport(checkpoints, None, str(exc), exc.exit_code, last_report=report)
+    return StatusReport(checkpoints, table, last_report=report)
 
 
 def _checkpoint_to_dict(info: CheckpointInfo) -> dict[str, Any]:
@@ -229,4 +233,13 @@ def status_to_dict(report: StatusReport) -> dict[str, Any]:
         ],
         "table": table,
         "tableError": redact(report.table_problem) if report.table_problem else None,
+        "lastReport": None
+        if report.last_report is None
+        else {
+            "path": str(report.last_report.path),
+            "builtAt": report.last_report.built_at.isoformat(timespec="seconds").replace(
+                "+00:00", "Z"
+            ),
+            "results": report.last_report.rows,
+        },
     }

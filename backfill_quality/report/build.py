@@ -20,7 +20,7 @@ from backfill_quality.config import FetchSettings, Target
 from backfill_quality.errors import ConfigError
 from backfill_quality.pipeline.lastreport import remember_report
 from backfill_quality.pipeline.status import TableStats, find_checkpoints, table_stats
-from backfill_quality.report.charts import histogram_bars, shares
+from backfill_quality.report.charts import histogram_bars, shares, trend_bars
 from backfill_quality.report.failures import Failures, collect_failures
 from backfill_quality.report.page import render_page
 from backfill_quality.report.thumbnails import (
@@ -34,6 +34,8 @@ DEFAULT_REPORT_PATH = Path("quality-report.html")
 DEFAULT_PER_GALLERY = 12
 MAX_PER_GALLERY = 500
 CATEGORIES = ("high", "medium", "low")
+TREND_PERIODS = 52
+"""The trend shows the last 52 periods (a year of weeks) that end at the newest with rows."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +48,9 @@ class ReportSettings:
     checkpoint: Path = Path(".backfill-progress.json")
     has_thumbnails: bool = True
     per_gallery: int = DEFAULT_PER_GALLERY
+    by: str | None = None
+    """The trend's time: None for `scored_at`, else a date/timestamp column of the table."""
+    every: str = "week"
     fetch: FetchSettings = field(
         default_factory=lambda: FetchSettings(concurrency=DEFAULT_THUMBNAIL_CONCURRENCY)
     )
@@ -53,6 +58,7 @@ class ReportSettings:
     def __post_init__(self) -> None:
         if not 1 <= self.per_gallery <= MAX_PER_GALLERY:
             raise ConfigError(f"--per-gallery must be between 1 and {MAX_PER_GALLERY}")
+        db.check_every(self.every)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +91,14 @@ def _galleries(conn: Any, target: Target, n: int) -> list[Gallery]:
     return galleries
 
 
-def _read_database(settings: ReportSettings) -> tuple[db.ResultFigures, list[Gallery]]:
+@dataclass(frozen=True, slots=True)
+class FromDatabase:
+    figures: db.ResultFigures
+    galleries: list[Gallery]
+    trend: list[db.TrendPeriod]
+
+
+def _read_database(settings: ReportSettings) -> FromDatabase:
     target = settings.target
     with db.connect(settings.database_url) as conn:
         db.check_target(conn, target)
@@ -98,7 +111,10 @@ def _read_database(settings: ReportSettings) -> tuple[db.ResultFigures, list[Gal
             )
         figures = db.result_figures(conn, target)
         galleries = _galleries(conn, target, settings.per_gallery)
-    return figures, galleries
+        trend = db.quality_trend(
+            conn, target, by=settings.by, every=settings.every, periods=TREND_PERIODS
+        )
+    return FromDatabase(figures, galleries, trend)
 
 
 def _iso(moment: datetime | None) -> str | None:
@@ -140,6 +156,7 @@ def _figures_to_dict(
             "finished": last.finished,
             "rowsPerSecond": None if last.rows_per_s is None else round(last.rows_per_s, 2),
         },
+        "trend": [],
         "failedByReason": {g.reason: g.count for g in failures.groups},
         "checkpoints": failures.checkpoints,
         "galleries": {g.key: [row.image_id for row in g.rows] for g in galleries},
@@ -153,12 +170,17 @@ def _figures_to_dict(
 def build_report(settings: ReportSettings) -> BuiltReport:
     """Read, render and write the page (atomically); remember where beside the checkpoint."""
     started_s = time.perf_counter()
-    figures, galleries = _read_database(settings)
+    read = _read_database(settings)
+    figures, galleries = read.figures, read.galleries
     stats = table_stats(settings.database_url, settings.target)
     failures = collect_failures(find_checkpoints(settings.checkpoint), settings.target)
     urls = [row.source for gallery in galleries for row in gallery.rows]
     thumbnails = make_thumbnails(urls, settings.fetch) if settings.has_thumbnails else {}
     summary = _figures_to_dict(stats, figures, failures, galleries, thumbnails)
+    summary["trend"] = [
+        {"start": _iso(p.start), "rows": p.rows, "meanScore": round(p.mean_score, 2)}
+        for p in read.trend
+    ]
     html = render_page(
         target=settings.target.label,
         built_at=_iso(datetime.now(UTC)) or "",
@@ -170,6 +192,10 @@ def build_report(settings: ReportSettings) -> BuiltReport:
         thumbnails=thumbnails,
         has_thumbnails=settings.has_thumbnails,
         failures=failures,
+        trend=read.trend,
+        trend_bars=trend_bars(read.trend),
+        trend_by=settings.by or "scored_at",
+        every=settings.every,
     )
     _write_atomically(settings.out, html)
     summary |= {"path": str(settings.out.resolve()), "bytes": len(html.encode())}

@@ -3,7 +3,9 @@ them, so a chart reads without colour (and without the picture, from its table).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 HISTOGRAM_WIDTH = 420
 HISTOGRAM_HEIGHT = 160
@@ -63,3 +65,33 @@ def histogram_bars(counts: list[int]) -> list[Bar]:
 def shares(values: dict[str, int], total: int) -> list[Share]:
     """Each value as a share of `total` (categories of the rows, passes of each check)."""
     return [Share(label, value, total) for label, value in values.items()]
+
+
+class _Period(Protocol):
+    @property
+    def rows(self) -> int: ...
+    @property
+    def mean_score(self) -> float: ...
+
+
+TREND_WIDTH = 420
+TREND_HEIGHT = 140
+
+
+def trend_bars(periods: Sequence[_Period]) -> list[Bar]:
+    """The mean score of each period (oldest first) as bars on a fixed 0-100 scale."""
+    slot = TREND_WIDTH / max(len(periods), 1)
+    bars = []
+    for index, period in enumerate(periods):
+        height = TREND_HEIGHT * max(0.0, min(period.mean_score, 100.0)) / 100.0
+        bars.append(
+            Bar(
+                x=round(index * slot + min(BAR_GAP, slot / 4) / 2, 2),
+                y=round(TREND_HEIGHT - height, 2),
+                width=round(max(slot - min(BAR_GAP, slot / 4), 1.0), 2),
+                height=round(height, 2),
+                label=f"{period.mean_score:.1f}",
+                value=period.rows,
+            )
+        )
+    return bars
