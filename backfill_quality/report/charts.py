@@ -76,11 +76,12 @@ class _Period(Protocol):
 
 TREND_WIDTH = 420
 TREND_HEIGHT = 140
+TREND_MAX_BAR_WIDTH = 36
 
 
 def trend_bars(periods: Sequence[_Period]) -> list[Bar]:
     """The mean score of each period (oldest first) as bars on a fixed 0-100 scale."""
-    slot = TREND_WIDTH / max(len(periods), 1)
+    slot = min(TREND_WIDTH / max(len(periods), 1), TREND_MAX_BAR_WIDTH + BAR_GAP)
     bars = []
     for index, period in enumerate(periods):
         height = TREND_HEIGHT * max(0.0, min(period.mean_score, 100.0)) / 100.0
