@@ -5,16 +5,18 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
 
 from backfill_quality import db
+from backfill_quality.demo.imageserver import ImageServer
 from backfill_quality.report.failures import reason_class
 from tests.support.cli import read_checkpoint, run_cli
 from tests.support.report import FAST, PER_GALLERY, ScoredRun, scored_run
-from tests.support.table import UserTable, serve_valid_images
+from tests.support.table import UserTable, apply_migrations, serve_valid_images
 
 __all__ = ["scored_run"]
 
@@ -192,11 +194,8 @@ def test_without_a_results_table_the_report_says_what_to_run(
 
 
 def test_run_with_report_writes_it_at_the_end(
-    database_url: str, tmp_path: Path, image_server: object
+    database_url: str, tmp_path: Path, image_server: ImageServer
 ) -> None:
-    from backfill_quality.demo.imageserver import ImageServer
-
-    assert isinstance(image_server, ImageServer)
     table = UserTable(database_url).create()
     table.insert([*serve_valid_images(image_server, 3), image_server.url("/status/404")])
     out = tmp_path / "after-run.html"
@@ -267,3 +266,22 @@ def test_the_sql_aggregates_agree_with_the_rows(scored_run: ScoredRun) -> None:
     assert figures.passed["contrast"] == sum(1 for _, p in rows if p)
     assert len(failing) == sum(1 for _, p in rows if not p)
     assert all(not r.checks["contrast"]["passed"] for r in failing)
+
+
+def test_watch_with_report_writes_it_when_it_stops(
+    tmp_path: Path, database_url: str, image_server: ImageServer
+) -> None:
+    from tests.test_watch import SCORE_BOUND_S, wait_until_scored, watching
+
+    table = UserTable(database_url).create(with_score_column=False)
+    apply_migrations(database_url)
+    rows = table.insert(list(serve_valid_images(image_server, 2)))
+    out = tmp_path / "watch.html"
+    with watching(tmp_path, database_url, "--poll-interval", "60", "--report", str(out)) as watch:
+        wait_until_scored(table, rows, SCORE_BOUND_S)
+        assert not out.exists()  # at the end, not per cycle
+        code = watch.stop(signal.SIGTERM)
+        events = watch.events()
+    assert code == 143, events
+    assert any(e.get("event") == "report" and e["path"] == str(out.resolve()) for e in events)
+    assert '<span class="num" id="n-scored">2</span>' in out.read_text(encoding="utf-8")
