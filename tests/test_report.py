@@ -178,6 +178,17 @@ def test_the_trend_by_a_date_column_of_the_table(scored_run: ScoredRun) -> None:
     assert "--by: column 'title'" in wrong.stderr and "date or timestamp" in wrong.stderr
 
 
+def test_bad_options_are_usage_errors_before_any_work(scored_run: ScoredRun) -> None:
+    missing = scored_run.cwd / "no-such-folder" / "r.html"
+    result = scored_run.report(missing)
+    assert result.exit_code == 2, result.output
+    assert f"--out: the folder {missing.parent} does not exist" in result.stderr
+    result = scored_run.report(scored_run.cwd / "r.html", "--every", "year")
+    assert result.exit_code == 2, result.output
+    assert "--every: 'year' is not a period; use one of day, week, month" in result.stderr
+    assert not (scored_run.cwd / "r.html").exists()
+
+
 def test_without_a_results_table_the_report_says_what_to_run(
     database_url: str, tmp_path: Path
 ) -> None:

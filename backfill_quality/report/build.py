@@ -59,6 +59,11 @@ class ReportSettings:
         if not 1 <= self.per_gallery <= MAX_PER_GALLERY:
             raise ConfigError(f"--per-gallery must be between 1 and {MAX_PER_GALLERY}")
         db.check_every(self.every)
+        folder = self.out.parent
+        if not folder.is_dir():
+            raise ConfigError(
+                f"--out: the folder {folder} does not exist; create it or choose another path"
+            )
 
 
 @dataclass(frozen=True, slots=True)
