@@ -165,6 +165,14 @@ def print_status(report: StatusReport, console: Console | None = None) -> None:
         print_table_stats(report.table, out)
     if report.trend is not None:
         print_trend(report.trend, out)
+    if report.last_report is not None:
+        last = report.last_report
+        built = last.built_at.isoformat(timespec="seconds").replace("+00:00", "Z")
+        exists = "" if last.path.exists() else " (the file is gone since)"
+        out.print(
+            f"Last report: {escape(str(last.path))}{exists}, built {built}, {last.rows:,} results",
+            soft_wrap=True,
+        )
     if report.table_problem is not None:
         _stderr.print(f"[red]database[/red]: {escape(redact(report.table_problem))}")
     elif report.trend_problem is not None:

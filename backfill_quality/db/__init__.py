@@ -13,6 +13,7 @@ Callers use `from backfill_quality import db` and `db.<name>`; the submodules ow
 - `results`: the results table (what each score was made of): its `migrate` step
   `results-table`, the guarded statement that writes a score with its result, reading results back
 - `writes`: the pipelined per-row score UPDATEs with their results, and the demo's seed rows
+- `report`: the review report's aggregates and galleries over the results table
 - `status`: monitoring SQL for `status` (categories, histograms, exact counts, estimates)
 - `trend`: quality per day, week or month from the results table (`status --trend`, `report`)
 - `watch`: LISTEN/NOTIFY for watch mode
@@ -50,6 +51,14 @@ from backfill_quality.db.pages import (
     explain_page_query,
     fetch_page,
     ids_after,
+)
+from backfill_quality.db.report import (
+    GalleryRow,
+    ResultFigures,
+    category_sample,
+    failed_check_sample,
+    lowest_scored,
+    result_figures,
 )
 from backfill_quality.db.results import (
     has_results_table,
@@ -115,8 +124,10 @@ __all__ = [
     "TEXT_ID_TYPES",
     "URL_TYPES",
     "UUID_SPACE",
+    "GalleryRow",
     "IdRange",
     "LockHolder",
+    "ResultFigures",
     "ScoreBuckets",
     "ScoreWrite",
     "StepPlan",
@@ -124,6 +135,7 @@ __all__ = [
     "WriteResult",
     "advisory_lock_holders",
     "advisory_unlock",
+    "category_sample",
     "check_every",
     "check_target",
     "connect",
@@ -137,12 +149,14 @@ __all__ = [
     "estimate_unscored",
     "explain_ids_after",
     "explain_page_query",
+    "failed_check_sample",
     "fetch_page",
     "has_results_table",
     "ids_after",
     "is_retryable",
     "key_range_for_shard",
     "listen",
+    "lowest_scored",
     "migrate",
     "notify_channel",
     "plan_migration",
@@ -153,6 +167,7 @@ __all__ = [
     "render_sql",
     "replace_demo_rows",
     "require_results_table",
+    "result_figures",
     "results_label",
     "results_table_name",
     "score_distribution",

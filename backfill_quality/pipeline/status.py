@@ -21,6 +21,7 @@ from backfill_quality import db
 from backfill_quality.config import Target
 from backfill_quality.errors import BackfillError
 from backfill_quality.pipeline.checkpoint import Checkpoint, load_checkpoint
+from backfill_quality.pipeline.lastreport import LastReport, last_report
 from backfill_quality.pipeline.trend import TrendReport, TrendRequest, trend_report, trend_to_dict
 from backfill_quality.redaction import redact
 
@@ -98,6 +99,8 @@ class StatusReport:
     """Quality per period (`--trend`); None when not asked for or when it failed."""
     trend_problem: str | None = None
     trend_problem_exit_code: int = 0
+    last_report: LastReport | None = None
+    """Where the last review report beside the checkpoint was written (pipeline/lastreport.py)."""
 
     @property
     def exit_code(self) -> int:
@@ -193,22 +196,27 @@ def report_status(
     """Checkpoints always; the table's figures unless the database fails (then why, instead);
     with `trend`, quality per period (or why not)."""
     checkpoints = find_checkpoints(checkpoint)
+    report = last_report(checkpoint)
     try:
         table = table_stats(database_url, target, exact=exact)
     except BackfillError as exc:
-        failed = StatusReport(checkpoints, None, str(exc), exc.exit_code)
+        failed = StatusReport(checkpoints, None, str(exc), exc.exit_code, last_report=report)
         if trend is None:
             return failed
         return replace(failed, trend_problem=str(exc), trend_problem_exit_code=exc.exit_code)
     if trend is None:
-        return StatusReport(checkpoints, table)
+        return StatusReport(checkpoints, table, last_report=report)
     try:
         trended = trend_report(database_url, target, trend)
     except BackfillError as exc:
         return StatusReport(
-            checkpoints, table, trend_problem=str(exc), trend_problem_exit_code=exc.exit_code
+            checkpoints,
+            table,
+            trend_problem=str(exc),
+            trend_problem_exit_code=exc.exit_code,
+            last_report=report,
         )
-    return StatusReport(checkpoints, table, trend=trended)
+    return StatusReport(checkpoints, table, trend=trended, last_report=report)
 
 
 def _checkpoint_to_dict(info: CheckpointInfo) -> dict[str, Any]:
@@ -256,6 +264,15 @@ def status_to_dict(report: StatusReport) -> dict[str, Any]:
         ],
         "table": table,
         "tableError": redact(report.table_problem) if report.table_problem else None,
+        "lastReport": None
+        if report.last_report is None
+        else {
+            "path": str(report.last_report.path),
+            "builtAt": report.last_report.built_at.isoformat(timespec="seconds").replace(
+                "+00:00", "Z"
+            ),
+            "results": report.last_report.rows,
+        },
     } | _trend_fields(report)
 
 
