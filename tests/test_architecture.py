@@ -187,7 +187,8 @@ def test_every_data_file_of_the_package_is_in_the_distribution() -> None:
     """The report's template is package data: a pattern that misses it installs a tool whose
     `report` cannot find its page (the editable install of the tests would not notice)."""
     package_data = tomllib.loads(PYPROJECT.read_text())["tool"]["setuptools"]["package-data"]
-    for template in (PACKAGE / "report" / "templates").iterdir():
-        patterns = package_data.get("backfill_quality.report", [])
-        shipped = {path for p in patterns for path in (PACKAGE / "report").glob(p)}
+    templates = PACKAGE / "report" / "templates"
+    for template in templates.iterdir():
+        patterns = package_data.get("backfill_quality.report.templates", [])
+        shipped = {path for p in patterns for path in templates.glob(p)}
         assert template in shipped, f"{template.name} not in package-data"
