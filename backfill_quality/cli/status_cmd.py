@@ -9,6 +9,7 @@ import typer
 
 from backfill_quality.cli import options as o
 from backfill_quality.cli.app import EXIT_OK, app, error_boundary
+from backfill_quality.config import parse_detector, thresholds_with_overrides
 from backfill_quality.redaction import register_database_secrets
 
 STATUS_EPILOG = """Examples:
@@ -44,6 +45,9 @@ def status(
             rich_help_panel=o.OUTPUT_PANEL,
         ),
     ] = False,
+    threshold: o.ThresholdOverrides = None,
+    detector: o.DetectorOption = o.DEFAULT_DETECTOR,
+    bird_class: o.BirdClass = None,
     verbose: o.Verbose = False,
     version: o.Version = False,
 ) -> None:
@@ -51,7 +55,8 @@ def status(
 
     Lists every checkpoint beside --checkpoint that shares its stem (`.backfill-progress*.json`)
     with progress, ETA and failures; the database part is exact on a table that counts quickly,
-    planner estimates otherwise.
+    planner estimates otherwise. Scored rows are counted by scorer version: current (that of
+    --detector and --threshold), stale (another), unknown (scored without a result).
 
     When the table cannot be read it still shows the checkpoints, then exits 2 for an option to
     fix (a malformed --database-url, an unknown table or column) or 1 when the database failed.
@@ -60,9 +65,14 @@ def status(
         register_database_secrets(database_url)
         from backfill_quality.cli.views import print_status  # rich, psycopg: not for --help
         from backfill_quality.pipeline.status import report_status, status_to_dict
+        from backfill_quality.scoring.version import scorer_version
 
         target = o.make_target(table, id_column, url_column, score_column)
-        report = report_status(database_url, target, checkpoint, exact=exact)
+        thresholds = thresholds_with_overrides(threshold or [])
+        current = scorer_version(parse_detector(detector, bird_class), thresholds)
+        report = report_status(
+            database_url, target, checkpoint, exact=exact, scorer_version=current
+        )
         if as_json:
             typer.echo(json.dumps(status_to_dict(report), default=str))
         else:
