@@ -1,4 +1,4 @@
-"""The command line: `backfill-quality run | score | status | migrate | demo`.
+"""The command line: `backfill-quality run | rescore | score | status | migrate | demo | watch`.
 
 The only importer of typer. Each command is a thin client of the library; our errors become exit
 codes and one clear message here (a traceback only with --verbose).
@@ -9,6 +9,7 @@ from __future__ import annotations
 from backfill_quality.cli import (
     demo_cmd,
     migrate_cmd,
+    rescore_cmd,
     run_cmd,
     score_cmd,
     status_cmd,
@@ -18,6 +19,7 @@ from backfill_quality.cli.app import app, main
 
 _COMMANDS = (
     run_cmd,
+    rescore_cmd,
     score_cmd,
     status_cmd,
     migrate_cmd,

@@ -13,13 +13,16 @@ Callers use `from backfill_quality import db` and `db.<name>`; the submodules ow
 - `results`: the results table (what each score was made of): its `migrate` step
   `results-table`, the guarded statement that writes a score with its result, reading results back
 - `writes`: the pipelined per-row score UPDATEs with their results, and the demo's seed rows
+- `rescore`: the scored rows a rescore takes (stale versions, `--where`), their stored results,
+  results by content hash, and the guarded rewrite of a score with its result
 - `status`: monitoring SQL for `status` (categories, histograms, exact counts, estimates)
 - `watch`: LISTEN/NOTIFY for watch mode
 - `locks`: the advisory locks that keep two runs off one target, and who holds them
 
 Submodules import downwards only: connection <- schema <- pages <- status, pages <- shards;
 shards <- migration_steps <- watch_triggers <- migrate; results uses connection, schema and
-migration_steps, and migrate lists its step; writes uses results; watch and locks use connection
+migration_steps, and migrate lists its step; writes uses results; rescore uses pages, results and
+writes; watch and locks use connection
 and schema (watch also migration_steps, for the trigger's name).
 """
 
@@ -50,6 +53,16 @@ from backfill_quality.db.pages import (
     fetch_page,
     ids_after,
 )
+from backfill_quality.db.rescore import (
+    RescoreWrite,
+    Selection,
+    StoredRow,
+    check_where,
+    count_to_rescore,
+    fetch_rescore_page,
+    find_current_measurements,
+    write_rescores,
+)
 from backfill_quality.db.results import (
     has_results_table,
     read_results,
@@ -74,6 +87,7 @@ from backfill_quality.db.shards import (
 )
 from backfill_quality.db.status import (
     ScoreBuckets,
+    count_results_by_version,
     count_score_buckets,
     count_scored_without_result,
     estimate_results_rows,
@@ -106,16 +120,22 @@ __all__ = [
     "UUID_SPACE",
     "IdRange",
     "LockHolder",
+    "RescoreWrite",
     "ScoreBuckets",
     "ScoreWrite",
+    "Selection",
     "StepPlan",
+    "StoredRow",
     "WriteResult",
     "advisory_lock_holders",
     "advisory_unlock",
     "check_target",
+    "check_where",
     "connect",
+    "count_results_by_version",
     "count_score_buckets",
     "count_scored_without_result",
+    "count_to_rescore",
     "count_unscored",
     "describe_database",
     "estimate_results_rows",
@@ -125,6 +145,8 @@ __all__ = [
     "explain_ids_after",
     "explain_page_query",
     "fetch_page",
+    "fetch_rescore_page",
+    "find_current_measurements",
     "has_results_table",
     "ids_after",
     "is_retryable",
@@ -147,6 +169,7 @@ __all__ = [
     "table_identity",
     "try_advisory_lock",
     "wait_for_notifications",
+    "write_rescores",
     "write_score_results",
     "write_scores",
 ]
