@@ -22,6 +22,7 @@ from backfill_quality import db
 from backfill_quality.config import DetectorChoice, Thresholds
 from backfill_quality.demo.imageserver import ImageServer
 from backfill_quality.demo.photos import photo_bytes, variant
+from backfill_quality.pipeline.runlock import TargetLock
 from backfill_quality.results import measurements_from_record
 from backfill_quality.scoring.checks import evaluate
 from backfill_quality.scoring.version import versions
@@ -227,6 +228,9 @@ def test_where_all_unknown_rows_dry_run_and_a_bad_where(
     assert bad.exit_code == 2, bad.output
     assert "--where" in bad.stderr and "categroy" in bad.stderr
     assert "Traceback" not in bad.output
+    escaping = cli("rescore", table, tmp_path, *HEURISTIC, "--where", "true) OR (true")
+    assert escaping.exit_code == 2, escaping.output
+    assert "parenthesis" in escaping.stderr
 
     before = table.results()
     dry = cli("rescore", table, tmp_path, *HEURISTIC, *STRICTER, "--dry-run")
@@ -357,13 +361,13 @@ def test_rescore_takes_the_runs_lock(database_url: str, tmp_path: Path) -> None:
     table = UserTable(database_url, id_type="integer").create()
     table.insert(["http://h/x.jpg"], score=50)
     with db.connect(database_url) as conn:
-        from backfill_quality.pipeline.runlock import TargetLock
-
-        lock = TargetLock(table.target, None, command="run")
-        lock.ensure(conn)
+        TargetLock(table.target, None, command="run").ensure(conn)
         result = cli("rescore", table, tmp_path)
+        dry = cli("rescore", table, tmp_path, "--dry-run")
     assert result.exit_code == 4, result.output
-    assert "rescore" not in result.stderr.lower() or "run" in result.stderr.lower()
+    assert "another process is already scoring" in result.stderr
+    assert dry.exit_code == 0, dry.output  # a dry run takes no lock
+    assert summary_of(dry)["rescore"]["wouldFetch"] == 1
     assert table.scores() == {table.rows[0].id: 50}
 
 

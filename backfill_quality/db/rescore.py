@@ -92,8 +92,8 @@ def _filter(
         if value is not None:
             params.append(value)
             parts.append(sql.SQL(f"{{}} {operator} ${len(params)}").format(key))
-    if selection.where:
-        parts.append(sql.SQL("({})").format(sql.SQL(selection.where)))  # checked by check_where
+    if selection.where:  # checked by check_where; the newline ends a trailing -- comment
+        parts.append(sql.SQL("({}\n)").format(sql.SQL(selection.where)))
     clause = sql.SQL("FROM {table} t LEFT JOIN {results} r ON r.{image_id} = {key} WHERE {w}")
     return clause.format(
         table=_table(target),
@@ -113,6 +113,11 @@ def check_where(conn: psycopg.Connection[Any], target: Target, selection: Select
         raise ConfigError(
             "--where is empty: give a boolean SQL expression, e.g. r.category = 'low'"
         )
+    if problem := where_text_problem(selection.where):
+        raise ConfigError(
+            f"--where {selection.where!r} {problem}: it must be one boolean SQL expression over"
+            " t. and r., e.g. --where \"r.category = 'low'\"; nothing was rescored"
+        )
     clause, params = _filter(target, selection, None, None)
     query = sql.SQL("EXPLAIN SELECT 1 {}").format(clause)
     try:
@@ -122,6 +127,38 @@ def check_where(conn: psycopg.Connection[Any], target: Target, selection: Select
         if is_retryable(exc):
             raise _translate(exc, "checking --where") from exc
         raise _where_error(selection.where, exc) from exc
+
+
+def where_text_problem(where: str) -> str | None:
+    """Why `where` is not one self-contained expression (None when it is): outside string
+    literals and quoted names, no `;`, no `$` (placeholders, dollar quotes), and parentheses
+    that never close more than they opened, so it cannot reach past its own `( … )`."""
+    depth = 0
+    index = 0
+    while index < len(where):
+        char = where[index]
+        if char in "'\"":
+            end = index + 1
+            while end < len(where):
+                if where[end] == char and where[end + 1 : end + 2] == char:
+                    end += 2  # a doubled quote inside the literal
+                elif where[end] == char:
+                    break
+                else:
+                    end += 1
+            if end >= len(where):
+                return "has an unterminated quote"
+            index = end + 1
+            continue
+        if char == ";":
+            return "holds a ';'"
+        if char == "$":
+            return "holds a '$' (no placeholders or dollar quotes)"
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        if depth < 0:
+            return "closes a parenthesis it did not open"
+        index += 1
+    return "leaves a parenthesis open" if depth else None
 
 
 def _where_error(where: str, exc: psycopg.Error) -> ConfigError:
@@ -148,8 +185,8 @@ def _page_query(
         "SELECT t.{id}, t.{url}, t.{score}, r.scorer_version, r.measurement_version,"
         " r.width, r.height, r.brightness, r.detector, r.presence, r.subject,"
         " r.content_sha256, r.bytes, r.etag, r.last_modified,"
-        " EXISTS (SELECT 1 FROM {results} c WHERE c.content_sha256 = r.content_sha256"
-        " AND c.measurement_version = ${current})"
+        " (SELECT true FROM {results} c WHERE c.content_sha256 = r.content_sha256"
+        " AND c.measurement_version = ${current} LIMIT 1)"
         " {clause} ORDER BY t.{id} LIMIT ${limit}"
     ).format(
         id=sql.Identifier(target.id_column),
