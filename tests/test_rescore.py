@@ -164,6 +164,7 @@ def test_a_detector_change_revalidates_reuses_duplicates_and_rescores_changed_by
         image_server.add("/c/1.jpg", heron),  # will serve the owl: 200, reused by hash
         image_server.add("/d/1.jpg", duck),  # will serve new bytes: 200, fully rescored
         image_server.add("/e/1.jpg", swans),  # no twin: one unconditional GET, fully rescored
+        image_server.add("/e/2.jpg", swans),  # in flight with /e/1: waits for it, then 304
     ]
     table = scored_table(database_url, urls, tmp_path)
     image_server.add("/c/1.jpg", owl)
@@ -177,7 +178,7 @@ def test_a_detector_change_revalidates_reuses_duplicates_and_rescores_changed_by
     assert versions_counted(table, tmp_path) == {
         "scorerVersion": LEARNED_NOW.scorer,
         "current": 2,
-        "stale": 5,
+        "stale": 6,
         "unknown": 0,
     }
     hits = image_server.total_hits()
@@ -188,20 +189,20 @@ def test_a_detector_change_revalidates_reuses_duplicates_and_rescores_changed_by
     counts = summary_of(stage_two)["rescore"]
     assert counts == {
         "recomputed": 0,
-        "revalidated": 2,
+        "revalidated": 3,
         "reusedByHash": 1,
         "fullyRescored": 2,
         "skipped": 0,
         "failed": 0,
     }
-    assert image_server.not_modified() == 2
-    assert image_server.total_hits() - hits == 5  # one request per row, no second GET
+    assert image_server.not_modified() == 3
+    assert image_server.total_hits() - hits == 6  # one request per row, no second GET
     results = table.results()
     by_url = {record["source"]: record for record in results.values()}
     assert {r["scorerVersion"] for r in results.values()} == {LEARNED_NOW.scorer}
-    for url in urls[2:4]:  # revalidated: the first duck's result, under its own URL
-        assert by_url[url]["score"] == by_url[urls[0]]["score"]
-        assert by_url[url]["checks"] == by_url[urls[0]]["checks"]
+    for url, first in ((urls[2], urls[0]), (urls[3], urls[0]), (urls[7], urls[6])):
+        assert by_url[url]["score"] == by_url[first]["score"]  # the same result, its own URL
+        assert by_url[url]["checks"] == by_url[first]["checks"]
     assert by_url[urls[4]]["contentSha256"] == by_url[urls[1]]["contentSha256"]
     assert by_url[urls[4]]["score"] == by_url[urls[1]]["score"]
     assert by_url[urls[5]]["contentSha256"] != by_url[urls[0]]["contentSha256"]

@@ -21,6 +21,7 @@ read is skipped (the guard), never overwritten.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hashlib
 import json
@@ -155,6 +156,8 @@ class RescoreRunner(Runner):
         self._selection: db.Selection | None = None
         self._analyses: dict[str, dict[str, Any]] = {}
         """content SHA-256 -> the analysis (JSON form) of bytes scored or reused in this run."""
+        self._scoring: dict[str, asyncio.Future[None]] = {}
+        """stored SHA-256 -> done when the row downloading those bytes again has its result."""
 
     # --- the seams ---------------------------------------------------------------------------
 
@@ -203,27 +206,7 @@ class RescoreRunner(Runner):
         try:
             if self._can_recompute(stored):
                 return self._recomputed(stored)
-            fetched: Fetched | None = None
-            sha = stored.content_sha256
-            if sha and (stored.etag or stored.last_modified) and self._may_reuse(stored):
-                validators = Validators(stored.etag, stored.last_modified)
-                fetched = await fetcher.fetch(stored.url, validators=validators)
-                attempts = fetched.attempts
-                if fetched.is_not_modified:
-                    analysis = await self._reusable(sha)
-                    if analysis is not None:
-                        return self._outcome(stored, analysis, sha, REVALIDATED, fetched)
-                    fetched = None  # the twin went away meanwhile: download after all
-            if fetched is None:
-                fetched = await fetcher.fetch(stored.url)
-                attempts = fetched.attempts
-            sha = hashlib.sha256(fetched.data).hexdigest()
-            analysis = await self._reusable(sha)
-            if analysis is not None:
-                return self._outcome(stored, analysis, sha, REUSED, fetched)
-            scored = await self._pool.score(fetched.data)
-            self._analyses[sha] = scored.analysis
-            return self._outcome(stored, scored.analysis, sha, FULLY_RESCORED, fetched, scored)
+            return await self._downloaded(stored, fetcher)
         except (FetchError, DecodeError) as exc:
             tries = exc.attempts if isinstance(exc, FetchError) else attempts
             return RescoreOutcome(stored, error=str(exc), attempts=tries, path=FAILED)
@@ -276,6 +259,43 @@ class RescoreRunner(Runner):
         return dataclasses.replace(summary, checkpoint_path=path)
 
     # --- the paths ---------------------------------------------------------------------------
+
+    async def _downloaded(self, stored: db.StoredRow, fetcher: ImageFetcher) -> RescoreOutcome:
+        """Paths 2-4. A row whose stored bytes are being scored for another row right now waits
+        for that result first: it can then be revalidated instead of scored twice."""
+        sha = stored.content_sha256
+        if sha and not self._may_reuse(stored) and (first := self._scoring.get(sha)) is not None:
+            await asyncio.shield(first)
+        if sha and (stored.etag or stored.last_modified) and self._may_reuse(stored):
+            validators = Validators(stored.etag, stored.last_modified)
+            fetched = await fetcher.fetch(stored.url, validators=validators)
+            if not fetched.is_not_modified:
+                return await self._from_bytes(stored, fetched)
+            analysis = await self._reusable(sha)
+            if analysis is not None:
+                return self._outcome(stored, analysis, sha, REVALIDATED, fetched)
+            # the twin went away meanwhile: download after all
+        is_first = bool(sha) and sha not in self._scoring and not self._may_reuse(stored)
+        if is_first and sha:
+            self._scoring[sha] = asyncio.get_running_loop().create_future()
+        try:
+            return await self._from_bytes(stored, await fetcher.fetch(stored.url))
+        finally:
+            if is_first and sha and not (done := self._scoring.pop(sha)).done():
+                done.set_result(None)
+
+    async def _from_bytes(self, stored: db.StoredRow, fetched: Fetched) -> RescoreOutcome:
+        """Paths 3 and 4: reuse a result of these bytes, or score them."""
+        sha = hashlib.sha256(fetched.data).hexdigest()
+        analysis = await self._reusable(sha)
+        if analysis is not None:
+            return self._outcome(stored, analysis, sha, REUSED, fetched)
+        try:
+            scored = await self._pool.score(fetched.data)
+        except DecodeError as exc:
+            return RescoreOutcome(stored, error=str(exc), attempts=fetched.attempts, path=FAILED)
+        self._analyses[sha] = scored.analysis
+        return self._outcome(stored, scored.analysis, sha, FULLY_RESCORED, fetched, scored)
 
     def _can_recompute(self, row: db.StoredRow) -> bool:
         return row.measured is not None and row.measurement_version == self._current.measurement
