@@ -133,3 +133,6 @@ class RunSummary:
     """--limit: the run stopped after this many rows (`total` counts every row left)."""
     score_histogram: tuple[int, ...] = ()
     """Rows scored, by decile (0-9 … 90-100); empty when nothing was counted."""
+    rescore: dict[str, int] | None = None
+    """A rescore's rows by path (recomputed, revalidated, reusedByHash, fullyRescored, skipped,
+    failed; a dry run: wouldRecompute, wouldFetch); None for a run."""

@@ -7,10 +7,11 @@ reads them back under the same keys. `RESULT_KEYS` lists them in output order.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from backfill_quality.models import Analysis, ScoredImage
+from backfill_quality.models import Analysis, BBox, Measurements, ScoredImage, Subject
 
 CHECK_NAMES = ("birdSize", "positioning", "resolution", "contrast", "primarySubject")
 """The five checks, by the names they have in output (`scoring.checks.CHECKS`, in that order)."""
@@ -30,6 +31,7 @@ RESULT_KEYS = (
     "etag",
     "lastModified",
     "scorerVersion",
+    "measurementVersion",
     "scoredAt",
     "fetchMs",
     "scoreMs",
@@ -81,14 +83,15 @@ def result_to_dict(
     scored: ScoredImage,
     *,
     scorer_version: str,
+    measurement_version: str | None,
     scored_at: datetime,
     etag: str | None = None,
     last_modified: str | None = None,
     fetch_ms: float | None = None,
 ) -> dict[str, Any]:
     """The whole record of one result (`RESULT_KEYS`): the analysis, the bytes' size and
-    SHA-256, the HTTP validators (None for a file), the scorer version, when, and how long
-    fetching (None for a file) and scoring took, in milliseconds."""
+    SHA-256, the HTTP validators (None for a file), the scorer and measurement versions, when,
+    and how long fetching (None for a file) and scoring took, in milliseconds."""
     record = (
         {"source": source}
         | scored.analysis
@@ -98,9 +101,35 @@ def result_to_dict(
             "etag": etag,
             "lastModified": last_modified,
             "scorerVersion": scorer_version,
+            "measurementVersion": measurement_version,
             "scoredAt": scored_at.isoformat(timespec="milliseconds"),
             "fetchMs": None if fetch_ms is None else round(fetch_ms, 1),
             "scoreMs": round(scored.score_ms, 1),
         }
     )
     return {key: record[key] for key in RESULT_KEYS}
+
+
+def measurements_from_record(record: Mapping[str, Any]) -> Measurements:
+    """The measurements a stored result (or `analysis_fields`) holds: what the five checks read
+    (width, height, brightness, subject, presence, detector), as stored (rounded to 4 decimals,
+    brightness to 2)."""
+    subject: Subject | None = None
+    found = record.get("subject")
+    if found is not None:
+        box = found["bbox"]
+        subject = Subject(
+            bbox=BBox(float(box["x"]), float(box["y"]), float(box["width"]), float(box["height"])),
+            count=int(found["count"]),
+            visible_ratio=float(found["visibleRatio"]),
+            confidence=float(found["confidence"]),
+        )
+    presence = record.get("presence")
+    return Measurements(
+        width=int(record["width"]),
+        height=int(record["height"]),
+        brightness=float(record["brightness"]),
+        subject=subject,
+        presence=None if presence is None else float(presence),
+        detector=str(record["detector"]),
+    )

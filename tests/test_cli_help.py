@@ -21,9 +21,9 @@ from tests.support.cli import cli_env, invoke_in_process, run_cli
 
 GROUP: Any = typer.main.get_command(app)
 COMMANDS = sorted(GROUP.commands)
-PROGRESS_COMMANDS = ("run", "watch", "demo", "migrate")
+PROGRESS_COMMANDS = ("run", "rescore", "watch", "demo", "migrate")
 """The commands that print progress as they work (so they take --quiet)."""
-JSON_COMMANDS = ("run", "watch", "demo", "status", "score")
+JSON_COMMANDS = ("run", "rescore", "watch", "demo", "status", "score")
 """The commands with a machine-readable output."""
 HEAVY_LIBRARIES = ("numpy", "onnxruntime", "PIL", "psycopg", "httpx")
 PLACEHOLDER = re.compile(r"<[\w\[\], |]+>")  # Typer's <bool>, <str>, <int range>, <list[str]>

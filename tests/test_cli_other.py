@@ -38,6 +38,7 @@ SCORE_KEYS = (
         "etag",
         "lastModified",
         "scorerVersion",
+        "measurementVersion",
         "scoredAt",
         "fetchMs",
         "scoreMs",

@@ -204,3 +204,17 @@ def test_score_json_shows_the_version_a_threshold_or_detector_makes(tmp_path: Pa
     assert stricter == v.scorer_version(LEARNED, Thresholds(min_short_side=300)) != default
     assert version_of("--detector", "heuristic") == v.scorer_version(HEURISTIC, Thresholds())
     assert len({default, stricter, version_of("--detector", "heuristic")}) == 3
+
+
+def test_the_measurement_version_ignores_thresholds_and_formulas(scoring_copy: Path) -> None:
+    stricter = replace(Thresholds(), min_pixels=500_000)
+    one = v.versions(LEARNED, Thresholds(), scoring_dir=scoring_copy)
+    two = v.versions(LEARNED, stricter, scoring_dir=scoring_copy)
+    assert one.scorer != two.scorer and one.measurement == two.measurement
+    assert one.measurement.startswith("learned-m")
+    assert v.measurement_version(HEURISTIC, scoring_dir=scoring_copy) != one.measurement
+    edit(scoring_copy / "checks.py", "HIGH_MIN_SCORE = 80", "HIGH_MIN_SCORE = 81")
+    three = v.versions(LEARNED, Thresholds(), scoring_dir=scoring_copy)
+    assert three.measurement == one.measurement and three.scorer != one.scorer
+    edit(scoring_copy / "imaging.py", "import io", "import io\nimport os")
+    assert v.measurement_version(LEARNED, scoring_dir=scoring_copy) != one.measurement

@@ -1,4 +1,5 @@
-"""The command line: `backfill-quality run | score | status | migrate | demo | watch | report`.
+"""The command line: `backfill-quality run | rescore | score | status | migrate | demo | watch |
+report`.
 
 The only importer of typer. Each command is a thin client of the library; our errors become exit
 codes and one clear message here (a traceback only with --verbose).
@@ -10,6 +11,7 @@ from backfill_quality.cli import (
     demo_cmd,
     migrate_cmd,
     report_cmd,
+    rescore_cmd,
     run_cmd,
     score_cmd,
     status_cmd,
@@ -19,6 +21,7 @@ from backfill_quality.cli.app import app, main
 
 _COMMANDS = (
     run_cmd,
+    rescore_cmd,
     score_cmd,
     status_cmd,
     migrate_cmd,

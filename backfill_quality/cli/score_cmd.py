@@ -21,7 +21,7 @@ from backfill_quality.config import (
 )
 from backfill_quality.errors import BackfillError
 from backfill_quality.results import result_to_dict
-from backfill_quality.scoring.version import scorer_version
+from backfill_quality.scoring.version import versions
 
 if TYPE_CHECKING:
     from backfill_quality.fetching.fetcher import Fetched
@@ -103,7 +103,7 @@ def score(
         choice = parse_detector(detector, bird_class)
         threads = available_cpus()
         finder = load_detector(choice, threads)  # a bad --detector fails here, at once
-        scorer = scorer_version(choice, thresholds)
+        scorer = versions(choice, thresholds)
         fetch = FetchSettings(timeout_s=timeout)
         for index, source in enumerate(sources, start=1):
             try:
@@ -127,7 +127,8 @@ def score(
                 result = result_to_dict(
                     source,
                     describe(fetched.data, analysis, score_ms),
-                    scorer_version=scorer,
+                    scorer_version=scorer.scorer,
+                    measurement_version=scorer.measurement,
                     scored_at=datetime.now(UTC),
                     etag=fetched.etag,
                     last_modified=fetched.last_modified,

@@ -10,6 +10,7 @@ import typer
 from backfill_quality import config
 from backfill_quality.cli import options as o
 from backfill_quality.cli.app import EXIT_OK, app, error_boundary
+from backfill_quality.config import parse_detector, thresholds_with_overrides
 from backfill_quality.redaction import register_database_secrets
 
 STATUS_EPILOG = """Examples:
@@ -93,6 +94,9 @@ def status(
             rich_help_panel=o.OUTPUT_PANEL,
         ),
     ] = False,
+    threshold: o.ThresholdOverrides = None,
+    detector: o.DetectorOption = o.DEFAULT_DETECTOR,
+    bird_class: o.BirdClass = None,
     verbose: o.Verbose = False,
     version: o.Version = False,
 ) -> None:
@@ -100,7 +104,8 @@ def status(
 
     Lists every checkpoint beside --checkpoint that shares its stem (`.backfill-progress*.json`)
     with progress, ETA and failures; the database part is exact on a table that counts quickly,
-    planner estimates otherwise.
+    planner estimates otherwise. Scored rows are counted by scorer version: current (that of
+    --detector and --threshold), stale (another), unknown (scored without a result).
 
     With --trend, also the results table per day, week or month (--every) of scored_at or of a
     date column of the table (--by): rows, mean score and category shares with a chart, each
@@ -115,6 +120,7 @@ def status(
         from backfill_quality.cli.views import print_status  # rich, psycopg: not for --help
         from backfill_quality.pipeline.status import report_status, status_to_dict
         from backfill_quality.pipeline.trend import TrendRequest
+        from backfill_quality.scoring.version import scorer_version
 
         target = o.make_target(table, id_column, url_column, score_column)
         is_trend = trend or by is not None or every is not None or periods is not None
@@ -129,7 +135,11 @@ def status(
         )
         if request is not None:
             request.check()  # a bad --every stops here, before anything is read
-        report = report_status(database_url, target, checkpoint, exact=exact, trend=request)
+        thresholds = thresholds_with_overrides(threshold or [])
+        current = scorer_version(parse_detector(detector, bird_class), thresholds)
+        report = report_status(
+            database_url, target, checkpoint, exact=exact, trend=request, scorer_version=current
+        )
         if as_json:
             typer.echo(json.dumps(status_to_dict(report), default=str))
         else:

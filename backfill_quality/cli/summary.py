@@ -114,8 +114,30 @@ def distribution_lines(summary: RunSummary) -> list[str]:
     return lines
 
 
+RESCORE_LABELS = {
+    "recomputed": "recomputed from the stored measurements (no request)",
+    "revalidated": "revalidated (304 Not Modified, result reused)",
+    "reusedByHash": "reused by content hash (downloaded, not decoded)",
+    "fullyRescored": "fully rescored (downloaded and scored)",
+    "skipped": "skipped (changed since read: left as it was)",
+    "failed": "failed (score and result kept)",
+    "wouldRecompute": "would be recomputed from the stored measurements (no request)",
+    "wouldFetch": "would be fetched (conditional GET where a result could be reused)",
+}
+
+
+def rescore_lines(summary: RunSummary) -> list[str]:
+    """A rescore's rows by path (nothing for a run)."""
+    if summary.rescore is None:
+        return []
+    lines = ["Rescore, by path:"]
+    for path, count in summary.rescore.items():
+        lines.append(f"  {count:>7}  {RESCORE_LABELS.get(path, path)}")
+    return lines
+
+
 def closing_notes(summary: RunSummary) -> list[str]:
-    notes = []
+    notes = rescore_lines(summary)
     if summary.dry_run:
         notes.append("Dry run: nothing was written to the database.")
     if summary.interrupted:
@@ -129,8 +151,11 @@ def summary_line(summary: RunSummary) -> str:
     state = f"interrupted by {summary.interrupted}" if summary.interrupted else "done"
     dry = " (dry run)" if summary.dry_run else ""
     limit = f" (--limit {summary.limit})" if summary.limit is not None else ""
+    paths = ""
+    if summary.rescore is not None:
+        paths = " (" + ", ".join(f"{n} {p}" for p, n in summary.rescore.items()) + ")"
     return (
-        f"{state}{dry}: {summary.processed}/{summary.total} processed{limit}, "
+        f"{state}{dry}: {summary.processed}/{summary.total} processed{limit}{paths}, "
         f"{summary.succeeded} succeeded, {summary.failed} failed, {summary.skipped} skipped "
         f"in {format_duration(summary.elapsed_s)} ({summary.rate_per_s:.1f} img/s); "
         f"checkpoint {summary.checkpoint_path}"

@@ -92,6 +92,17 @@ def print_table_stats(stats: TableStats, console: Console) -> None:
             f"[bold]Without a stored result[/bold]: {about}{stats.without_result:,} scored rows"
             " (scored before the results table existed)"
         )
+    if (versions := stats.by_version) is not None:
+        console.print(
+            f"[bold]By scorer version[/bold] ({versions.scorer_version}): {versions.current:,}"
+            f" current, {versions.stale:,} stale, {versions.unknown:,} unknown"
+            + (
+                " [dim](`backfill-quality rescore` refreshes them)[/dim]"
+                if versions.stale or versions.unknown
+                else ""
+            ),
+            highlight=False,
+        )
     table = Table(title="Score distribution", title_justify="left")
     table.add_column("category")
     table.add_column("count", justify="right")

@@ -14,6 +14,8 @@ Callers use `from backfill_quality import db` and `db.<name>`; the submodules ow
   `results-table`, the guarded statement that writes a score with its result, reading results back
 - `writes`: the pipelined per-row score UPDATEs with their results, and the demo's seed rows
 - `report`: the review report's aggregates and galleries over the results table
+- `rescore`: the scored rows a rescore takes (stale versions, `--where`), their stored results,
+  results by content hash, and the guarded rewrite of a score with its result
 - `status`: monitoring SQL for `status` (categories, histograms, exact counts, estimates)
 - `trend`: quality per day, week or month from the results table (`status --trend`, `report`)
 - `watch`: LISTEN/NOTIFY for watch mode
@@ -21,8 +23,9 @@ Callers use `from backfill_quality import db` and `db.<name>`; the submodules ow
 
 Submodules import downwards only: connection <- schema <- pages <- status, pages <- shards;
 shards <- migration_steps <- watch_triggers <- migrate; results uses connection, schema and
-migration_steps, and migrate lists its step; writes and trend use results; watch and locks use
-connection and schema (watch also migration_steps, for the trigger's name).
+migration_steps, and migrate lists its step; writes and trend use results; rescore uses pages,
+results and writes; watch and locks use connection and schema (watch also migration_steps, for
+the trigger's name).
 """
 
 from backfill_quality.db.connection import connect, describe_database, is_retryable, redact_url
@@ -60,6 +63,16 @@ from backfill_quality.db.report import (
     lowest_scored,
     result_figures,
 )
+from backfill_quality.db.rescore import (
+    RescoreWrite,
+    Selection,
+    StoredRow,
+    check_where,
+    count_to_rescore,
+    fetch_rescore_page,
+    find_current_measurements,
+    write_rescores,
+)
 from backfill_quality.db.results import (
     has_results_table,
     read_results,
@@ -84,6 +97,7 @@ from backfill_quality.db.shards import (
 )
 from backfill_quality.db.status import (
     ScoreBuckets,
+    count_results_by_version,
     count_score_buckets,
     count_scored_without_result,
     estimate_results_rows,
@@ -127,10 +141,13 @@ __all__ = [
     "GalleryRow",
     "IdRange",
     "LockHolder",
+    "RescoreWrite",
     "ResultFigures",
     "ScoreBuckets",
     "ScoreWrite",
+    "Selection",
     "StepPlan",
+    "StoredRow",
     "TrendPeriod",
     "WriteResult",
     "advisory_lock_holders",
@@ -138,9 +155,12 @@ __all__ = [
     "category_sample",
     "check_every",
     "check_target",
+    "check_where",
     "connect",
+    "count_results_by_version",
     "count_score_buckets",
     "count_scored_without_result",
+    "count_to_rescore",
     "count_unscored",
     "describe_database",
     "estimate_results_rows",
@@ -151,6 +171,8 @@ __all__ = [
     "explain_page_query",
     "failed_check_sample",
     "fetch_page",
+    "fetch_rescore_page",
+    "find_current_measurements",
     "has_results_table",
     "ids_after",
     "is_retryable",
@@ -177,6 +199,7 @@ __all__ = [
     "trend_query",
     "try_advisory_lock",
     "wait_for_notifications",
+    "write_rescores",
     "write_score_results",
     "write_scores",
 ]

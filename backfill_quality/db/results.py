@@ -51,11 +51,15 @@ COLUMNS: dict[str, tuple[str, str]] = {
     "etag": ("etag", "text"),
     "lastModified": ("last_modified", "text"),
     "scorerVersion": ("scorer_version", "text NOT NULL"),
+    "measurementVersion": ("measurement_version", "text"),
     "scoredAt": ("scored_at", "timestamptz NOT NULL DEFAULT now()"),
     "fetchMs": ("fetch_ms", "double precision"),
     "scoreMs": ("score_ms", "double precision"),
 }
 JSONB_KEYS = frozenset({"subject", "checks"})
+ADDED_COLUMNS = ("measurement_version",)
+"""Columns added since the first results tables: step `results-table` adds them when missing
+(nullable, no default: a change of the catalog only, no rewrite)."""
 INDEXED_COLUMNS = (
     ("scorer_version",),
     ("scored_at",),
@@ -205,7 +209,18 @@ def plan_results_table(conn: psycopg.Connection[Any], subject: Subject) -> StepP
             raise ConfigError(
                 f"results-table: {label} already exists and is not a table; rename it"
             )
-        return StepPlan("results-table", "already present", label)
+        missing = _missing_columns(conn, subject.schema, results_table_name(beside))
+        if not missing:
+            return StepPlan("results-table", "already present", label)
+        table = sql.Identifier(subject.schema, results_table_name(beside))
+        adds = tuple(
+            sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} text").format(
+                table, sql.Identifier(column)
+            )
+            for column in missing
+        )
+        detail = f"{label}: added the column {', '.join(missing)} (no rewrite)"
+        return StepPlan("results-table", "created", detail, (Batch((lock_timeout(), *adds)),))
     key_type = _key_type(conn, subject)
     detail = (
         f"{label}, what each score was made of, keyed by {t.id_column} ({key_type}),"
@@ -213,6 +228,34 @@ def plan_results_table(conn: psycopg.Connection[Any], subject: Subject) -> StepP
     )
     statements = (lock_timeout(), *create_statements(beside, key_type))
     return StepPlan("results-table", "created", detail, (Batch(statements),))
+
+
+def _missing_columns(conn: psycopg.Connection[Any], schema: str, name: str) -> list[str]:
+    """The columns of ADDED_COLUMNS the results table `schema.name` lacks."""
+    rows = conn.execute(
+        "SELECT a.attname FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid"
+        " JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE n.nspname = %s AND c.relname = %s AND a.attnum > 0 AND NOT a.attisdropped",
+        (schema, name),
+    ).fetchall()
+    present = {str(row[0]) for row in rows}
+    return [column for column in ADDED_COLUMNS if column not in present]
+
+
+def _results_oid_columns(conn: psycopg.Connection[Any], target: Target) -> set[str] | None:
+    """The results table's column names, None when it does not exist."""
+    with _translated(f"looking for the results table {results_label(target)}"):
+        row = conn.execute(
+            "SELECT to_regclass(%s)::oid", (_results(target).as_string(conn),)
+        ).fetchone()
+        if row is None or row[0] is None:
+            return None
+        rows = conn.execute(
+            "SELECT attname FROM pg_attribute WHERE attrelid = %s AND attnum > 0"
+            " AND NOT attisdropped",
+            (row[0],),
+        ).fetchall()
+    return {str(name) for (name,) in rows}
 
 
 def has_results_table(conn: psycopg.Connection[Any], target: Target) -> bool:
@@ -225,8 +268,17 @@ def has_results_table(conn: psycopg.Connection[Any], target: Target) -> bool:
 
 
 def require_results_table(conn: psycopg.Connection[Any], target: Target) -> None:
-    """ConfigError naming `backfill-quality migrate` when the results table is missing."""
-    if not has_results_table(conn, target):
+    """ConfigError naming `backfill-quality migrate` when the results table or one of its
+    newer columns is missing."""
+    columns = _results_oid_columns(conn, target)
+    if columns is not None and (missing := [c for c in ADDED_COLUMNS if c not in columns]):
+        raise ConfigError(
+            f"the results table {results_label(target)} lacks the column {', '.join(missing)}"
+            f" (added by a newer version): run `backfill-quality migrate --table {target.label}"
+            f" --id-column {target.id_column}` once (it adds the column without rewriting"
+            " anything), then run again. Nothing was written"
+        )
+    if columns is None:
         raise ConfigError(
             f"the results table {results_label(target)} (what each score was made of, written"
             f" with the score) does not exist: run `backfill-quality migrate --table"

@@ -126,6 +126,32 @@ def count_scored_without_result(
     return int(row[0]) if row else 0
 
 
+def count_results_by_version(
+    conn: psycopg.Connection[Any],
+    target: Target,
+    scorer_version: str,
+    *,
+    timeout_ms: int | None = None,
+) -> tuple[int, int] | None:
+    """Stored results of this scorer version and of any other (current, stale); None if
+    `timeout_ms` ran out."""
+    query = sql.SQL(
+        "SELECT count(*) FILTER (WHERE scorer_version = $1),"
+        " count(*) FILTER (WHERE scorer_version <> $1) FROM {}"
+    ).format(_results(target))
+    try:
+        with conn.transaction():
+            if timeout_ms is not None:
+                conn.execute(f"SET LOCAL statement_timeout = {int(timeout_ms)}")
+            row = _raw(conn, query, [scorer_version]).fetchone()
+    except psycopg.errors.QueryCanceled:
+        return None
+    except psycopg.Error as exc:
+        action = f"counting the results by scorer version in {results_label(target)}"
+        raise _translate(exc, action) from exc
+    return (int(row[0]), int(row[1])) if row else (0, 0)
+
+
 def estimate_results_rows(conn: psycopg.Connection[Any], target: Target) -> int:
     """The planner's estimate of the results table's row count (instant)."""
     with _translated(f"estimating the size of {results_label(target)}"):

@@ -8,7 +8,9 @@ path (without the query string), readable with `hits`.
 Routes, chosen by path (`?img=<path>` names a registered image):
 
 - any path given to `add` — 200 with the bytes, their content type, an `ETag` (from the bytes)
-  and a `Last-Modified` (when they were added).
+  and a `Last-Modified` (when they were added); `304 Not Modified` without a body when the
+  request's `If-None-Match` names that ETag (or, without one, its `If-Modified-Since` is not
+  older than Last-Modified). `total_hits` and `not_modified` count every request and the 304s.
 - `/status/<code>` — that status (e.g. 404, 403, 500, 503) with a short text body.
 - `/flaky/<n>/<key>?img=` — 503 for the first n hits of that path, then the image.
 - `/retry-after/<seconds>/<key>?img=` — 429 with `Retry-After: <seconds>` on the first hit,
@@ -92,6 +94,21 @@ def _validators(data: bytes) -> dict[str, str]:
     }
 
 
+def _is_fresh(request: Request, validators: dict[str, str]) -> bool:
+    """Whether a conditional GET's validators still match (RFC 9110 13.1: If-None-Match wins)."""
+    if request.if_none_match is not None:
+        tags = [tag.strip().removeprefix("W/") for tag in request.if_none_match.split(",")]
+        return "*" in tags or validators["ETag"] in tags
+    if request.if_modified_since is not None:
+        try:
+            since = email.utils.parsedate_to_datetime(request.if_modified_since)
+        except (TypeError, ValueError):
+            return False
+        modified = email.utils.parsedate_to_datetime(validators["Last-Modified"])
+        return modified <= since
+    return False
+
+
 class ImageServer:
     """A background-thread HTTP server on 127.0.0.1; a context manager (start, stop)."""
 
@@ -102,6 +119,7 @@ class ImageServer:
         self._hits: Counter[str] = Counter()
         self._sent: Counter[str] = Counter()
         self._cookie_hits = 0
+        self._not_modified = 0
         self._served: dict[str, list[Served]] = {}
         self._in_flight: Counter[str] = Counter()
         self._lock = threading.Lock()
@@ -131,6 +149,16 @@ class ImageServer:
         """How many requests were seen for `path` (query string ignored)."""
         with self._lock:
             return self._hits[path]
+
+    def total_hits(self) -> int:
+        """How many requests were seen, to any path."""
+        with self._lock:
+            return sum(self._hits.values())
+
+    def not_modified(self) -> int:
+        """How many requests were answered 304 Not Modified."""
+        with self._lock:
+            return self._not_modified
 
     def cookie_hits(self) -> int:
         """How many requests (to any path) carried a `Cookie` header."""
@@ -245,6 +273,11 @@ class ImageServer:
         with self._lock:
             image = self._images.get(path)
             hit_count = self._hits[path]
+        if image is not None and _is_fresh(request, image.validators):
+            with self._lock:
+                self._not_modified += 1
+            await send(writer, 304, b"", image.content_type, headers=image.validators)
+            return True
         if image is not None:
             await send(
                 writer,

@@ -22,6 +22,8 @@ class Request:
     query: dict[str, list[str]]
     keep_alive: bool
     has_cookie: bool
+    if_none_match: str | None = None
+    if_modified_since: str | None = None
 
     def arg(self, name: str) -> str | None:
         values = self.query.get(name)
@@ -50,7 +52,15 @@ async def read_request(reader: asyncio.StreamReader) -> Request | None:
     keep_alive = connection != "close" and (version == "HTTP/1.1" or connection == "keep-alive")
     split = urlsplit(target)
     path = split.path or "/"
-    return Request(method.upper(), path, parse_qs(split.query), keep_alive, "cookie" in headers)
+    return Request(
+        method.upper(),
+        path,
+        parse_qs(split.query),
+        keep_alive,
+        "cookie" in headers,
+        headers.get("if-none-match"),
+        headers.get("if-modified-since"),
+    )
 
 
 async def send(

@@ -71,10 +71,26 @@ class Fetched:
     etag: str | None = None
     last_modified: str | None = None
     download_s: float | None = field(default=None, compare=False)
+    is_not_modified: bool = False
+    """The host answered 304 to the validators sent (`fetch(url, validators=…)`): no body."""
 
 
-_Body = tuple[bytes, str, float, str | None, str | None]
-"""body, final URL, seconds to the last hop's head, ETag, Last-Modified"""
+@dataclass(frozen=True, slots=True)
+class Validators:
+    """What a conditional GET sends: the stored `ETag` and `Last-Modified` (None: not sent)."""
+
+    etag: str | None = None
+    last_modified: str | None = None
+
+    def headers(self) -> list[tuple[str, str]]:
+        """If-None-Match and If-Modified-Since, for the validators there are."""
+        found = [("If-None-Match", self.etag), ("If-Modified-Since", self.last_modified)]
+        return [(name, value) for name, value in found if value]
+
+
+NOT_MODIFIED = 304
+_Body = tuple[bytes, str, float, str | None, str | None, bool]
+"""body, final URL, seconds to the last hop's head, ETag, Last-Modified, 304"""
 
 
 def backoff_delay_s(
@@ -191,8 +207,12 @@ class ImageFetcher:
         if client is not None:
             await client.aclose()
 
-    async def fetch(self, url: str) -> Fetched:
-        """Download one image with retries; raises FetchError with `.attempts` set."""
+    async def fetch(self, url: str, *, validators: Validators | None = None) -> Fetched:
+        """Download one image with retries; raises FetchError with `.attempts` set.
+
+        With `validators`, the GET is conditional: a 304 comes back as `is_not_modified` with
+        no data (and the validators of the 304, or those sent when it has none)."""
+        conditional = validators.headers() if validators is not None else []
         max_attempts = self.settings.retries + 1
         gate = self.gate
         host = host_of(url)
@@ -201,7 +221,8 @@ class ImageFetcher:
             for attempt in range(1, max_attempts + 1):
                 async with gate.attempt(host) as sent_s:
                     try:
-                        data, final_url, head_s, etag, last_modified = await self._attempt(url)
+                        body = await self._attempt(url, conditional)
+                        data, final_url, head_s, etag, last_modified, is_not_modified = body
                     except AttemptError as err:
                         if err.pushback is not None:
                             gate.pushed_back(host, err.pushback, sent_s, err.retry_after_s)
@@ -211,8 +232,17 @@ class ImageFetcher:
                     else:
                         gate.answered(host, head_s)
                         download_s = time.perf_counter() - held_s
+                        if is_not_modified and validators is not None:
+                            etag = etag or validators.etag
+                            last_modified = last_modified or validators.last_modified
                         return Fetched(
-                            data, attempt, final_url, etag, last_modified, download_s=download_s
+                            data,
+                            attempt,
+                            final_url,
+                            etag,
+                            last_modified,
+                            download_s=download_s,
+                            is_not_modified=is_not_modified,
                         )
                 await asyncio.sleep(delay_s)
         raise AssertionError("unreachable")  # pragma: no cover
@@ -223,18 +253,21 @@ class ImageFetcher:
             return min(err.retry_after_s, s.retry_after_cap_s)
         return backoff_delay_s(attempt - 1, s.backoff_base_s, s.backoff_cap_s, self._rng)
 
-    async def _attempt(self, url: str) -> _Body:
+    async def _attempt(self, url: str, conditional: list[tuple[str, str]]) -> _Body:
         deadline_s = self.settings.timeout_s * DOWNLOAD_DEADLINE_FACTOR
         try:
             async with asyncio.timeout(None) as timeout:
-                return await self._follow_redirects(url, _Deadline(timeout, deadline_s))
+                deadline = _Deadline(timeout, deadline_s)
+                return await self._follow_redirects(url, deadline, conditional)
         except TimeoutError as exc:
             detail = f"download took longer than {deadline_s:g}s"
             raise AttemptError("timed out", detail, retryable=True) from exc
 
-    async def _follow_redirects(self, url: str, deadline: _Deadline) -> _Body:
-        """The body, the URL it came from, the seconds the last hop took to its head, and the
-        response's ETag and Last-Modified."""
+    async def _follow_redirects(
+        self, url: str, deadline: _Deadline, conditional: list[tuple[str, str]]
+    ) -> _Body:
+        """The body, the URL it came from, the seconds the last hop took to its head, the
+        response's ETag and Last-Modified, and whether it was a 304 to `conditional`."""
         client = self._client
         if client is None:
             raise RuntimeError("ImageFetcher used outside 'async with'")
@@ -247,17 +280,19 @@ class ImageFetcher:
                 await deadline.paused(self._limiter.acquire())
             sent_s = time.monotonic()
             try:
-                response = await self._send(client, current)
+                response = await self._send(client, current, conditional)
                 try:
                     head_s = time.monotonic() - sent_s
                     location = response.headers.get("location")
                     if response.status_code in REDIRECT_STATUSES and location:
                         current = urljoin(current, location)
                         continue
-                    body = await self._read_body(response)
                     headers = response.headers
                     etag, modified = headers.get("etag"), headers.get("last-modified")
-                    return body, current, head_s, etag, modified
+                    if conditional and response.status_code == NOT_MODIFIED:
+                        return b"", current, head_s, etag, modified, True
+                    body = await self._read_body(response)
+                    return body, current, head_s, etag, modified, False
                 finally:
                     await response.aclose()
             except httpx.HTTPError as exc:
@@ -266,14 +301,25 @@ class ImageFetcher:
             f"redirect loop / too many redirects ({self.settings.max_redirects})", retryable=False
         )
 
-    async def _send(self, client: httpx.AsyncClient, url: str) -> _Answer:
+    async def _send(
+        self, client: httpx.AsyncClient, url: str, conditional: list[tuple[str, str]]
+    ) -> _Answer:
         """GET `url`, the body still to read: on our transport without httpx objects when the
-        URL is plain (plain.py), else through the httpx client."""
+        URL is plain (plain.py), else through the httpx client. `conditional`: If-None-Match and
+        If-Modified-Since, added to the client's headers."""
         if self._lean is not None and (target := plain_target(url)) is not None:
-            return await send_get(self._lean, target, self._lean_headers, self._timeouts)
+            headers = self._lean_headers
+            if conditional:
+                extra = [(n.encode(), v.encode("latin-1", "replace")) for n, v in conditional]
+                headers = [*headers, *extra]
+            return await send_get(self._lean, target, headers, self._timeouts)
         # built here, not by client.stream(): its URL merging and query-parameter copy parse
         # every URL three times (0.1 ms of the event loop per image)
-        request = httpx.Request("GET", url, headers=client.headers, extensions=self._extensions)
+        sent = client.headers
+        if conditional:
+            sent = httpx.Headers(client.headers)
+            sent.update(dict(conditional))
+        request = httpx.Request("GET", url, headers=sent, extensions=self._extensions)
         return await client.send(request, stream=True)
 
     async def _read_body(self, response: _Answer) -> bytes:

@@ -87,6 +87,8 @@ class Checkpoint:
     """The --detector of the run that wrote it: a resumed run must score with the same one."""
     score_histogram: list[int] = field(default_factory=lambda: [0] * DECILES)
     """The scores this run (and the runs it resumed) gave, by decile: 0-9, 10-19, … 90-100."""
+    rescore: dict[str, int] | None = None
+    """A rescore's rows by path (recomputed, revalidated, …: pipeline/rescore.py); None: a run."""
 
     def record(self, outcome: Outcome, *, is_skipped: bool = False) -> None:
         """Count one finished row (is_skipped: someone else scored it between read and write)."""
@@ -159,7 +161,7 @@ class Checkpoint:
             "shard": self.shard,
             "detector": self.detector,
             "scoreHistogram": self.score_histogram,
-        }
+        } | ({} if self.rescore is None else {"rescore": self.rescore})
 
     @classmethod
     def from_json(cls, data: Any, *, path: Path) -> Checkpoint:
@@ -184,6 +186,7 @@ class Checkpoint:
             target=get("target", str),
             detector=get("detector", str) if "detector" in data else LEGACY_DETECTOR,
             score_histogram=reader.histogram("scoreHistogram"),
+            rescore=reader.counts("rescore"),
         )
 
 
@@ -192,7 +195,7 @@ _REQUIRED_KEYS = frozenset(
     | {"lastProcessedId", "estimatedTimeRemaining", "finished", "dryRun", "fingerprint"}
     | {"target", "shard", "failedImages"}
 )
-_OPTIONAL_KEYS = frozenset({"detector", "scoreHistogram"})
+_OPTIONAL_KEYS = frozenset({"detector", "scoreHistogram", "rescore"})
 """Keys added since version 1, absent from the files older releases wrote."""
 _EXPECTED = {str: "a string", bool: "true or false", int: "an integer ≥ 0", list: "a list"}
 
@@ -253,6 +256,15 @@ class _Reader:
         if len(counts) != DECILES:
             self.fail(f"has {key} with {len(counts)} counts, expected {DECILES}")
         return [self.get(f"{key}[{i}]", int, count) for i, count in enumerate(counts)]
+
+    def counts(self, key: str) -> dict[str, int] | None:
+        """A JSON object of counts (a rescore's paths), None when absent."""
+        if key not in self.data:
+            return None
+        found = self.data[key]
+        if not isinstance(found, dict):
+            self.fail(f"has {key} = {redact(repr(found))[:80]}, expected an object of counts")
+        return {str(name): self.get(f"{key}.{name}", int, count) for name, count in found.items()}
 
     def failed_images(self) -> list[FailedImage]:
         images = []

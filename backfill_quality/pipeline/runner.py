@@ -34,7 +34,7 @@ from backfill_quality.pipeline.runlock import TargetLock, holder_name
 from backfill_quality.pipeline.scoringpool import ScoringPool
 from backfill_quality.pipeline.signals import StopSignals, stopping_message
 from backfill_quality.results import result_to_dict
-from backfill_quality.scoring.version import scorer_version
+from backfill_quality.scoring.version import Versions, versions
 
 NOTHING_TO_DO = "No images need quality score backfill"
 WRITE_BATCH_MAX = 50
@@ -103,7 +103,7 @@ class Runner:
         self._main: asyncio.Task[RunSummary] | None = None
         self._session: DatabaseSession | None = None
         self._eta = EtaEstimator()
-        self._scorer_version = ""  # known once the scoring processes are warm
+        self._versions = Versions("", "")  # known once the scoring processes are warm
 
     def run(self) -> RunSummary:
         """Run to the end of the table, to --limit, or to a signal; returns the summary."""
@@ -135,13 +135,13 @@ class Runner:
                 self._pool.start()
                 s = self.settings  # the version hashes the model files: beside the warm-up
                 versioning = asyncio.ensure_future(
-                    asyncio.to_thread(scorer_version, s.detector, s.thresholds)
+                    asyncio.to_thread(versions, s.detector, s.thresholds)
                 )
                 versioning.add_done_callback(lambda done: done.cancelled() or done.exception())
                 start, _ = await asyncio.gather(
                     session.call(self._prepare), asyncio.to_thread(self._pool.warm_up)
                 )
-                self._scorer_version = await versioning
+                self._versions = await versioning
             except asyncio.CancelledError:
                 if self._interrupted is None:
                     raise
@@ -321,7 +321,8 @@ class Runner:
             result = result_to_dict(
                 row.url,
                 scored,
-                scorer_version=self._scorer_version,
+                scorer_version=self._versions.scorer,
+                measurement_version=self._versions.measurement,
                 scored_at=datetime.now(UTC),
                 etag=fetched.etag,
                 last_modified=fetched.last_modified,

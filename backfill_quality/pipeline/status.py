@@ -47,6 +47,17 @@ class CheckpointInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class VersionCounts:
+    """Scored rows by scorer version: the current one, another (stale), none (unknown: scored
+    without a result). `rescore` takes the stale and the unknown ones."""
+
+    scorer_version: str
+    current: int
+    stale: int
+    unknown: int
+
+
+@dataclass(frozen=True, slots=True)
 class TableStats:
     """Rows left, and scored rows by decile (0-9 … 90-100); categories derive from deciles."""
 
@@ -56,6 +67,8 @@ class TableStats:
     without_result: int | None = None
     """Scored rows with no stored result (scored before the results table existed); None when
     there is no results table (`migrate` has not created it)."""
+    by_version: VersionCounts | None = None
+    """Stored results of the current scorer version and of others; None when not counted."""
 
     @property
     def scored(self) -> int:
@@ -165,8 +178,11 @@ def group_shards(checkpoints: list[CheckpointInfo]) -> list[ShardGroup]:
     ]
 
 
-def table_stats(database_url: str, target: Target, *, exact: bool = False) -> TableStats:
-    """Counts from the database: exact if asked or cheap, else the planner's estimates."""
+def table_stats(
+    database_url: str, target: Target, *, exact: bool = False, scorer_version: str | None = None
+) -> TableStats:
+    """Counts from the database: exact if asked or cheap, else the planner's estimates; with
+    `scorer_version`, the results by version too (exact only: skipped when counting is slow)."""
     with db.connect(database_url) as conn:
         db.check_target(conn, target)
         counts: db.ScoreBuckets | None = None
@@ -182,6 +198,14 @@ def table_stats(database_url: str, target: Target, *, exact: bool = False) -> Ta
             if without_result is None:  # the planner's figures: scored rows minus results
                 is_estimate = True
                 without_result = max(0, sum(histogram) - db.estimate_results_rows(conn, target))
+            by_version = None
+            if scorer_version is not None and not is_estimate:
+                counted = db.count_results_by_version(
+                    conn, target, scorer_version, timeout_ms=timeout_ms
+                )
+                if counted is not None:
+                    by_version = VersionCounts(scorer_version, *counted, without_result)
+            return TableStats(unscored, histogram, is_estimate, without_result, by_version)
     return TableStats(unscored, histogram, is_estimate, without_result)
 
 
@@ -192,13 +216,14 @@ def report_status(
     *,
     exact: bool = False,
     trend: TrendRequest | None = None,
+    scorer_version: str | None = None,
 ) -> StatusReport:
     """Checkpoints always; the table's figures unless the database fails (then why, instead);
     with `trend`, quality per period (or why not)."""
     checkpoints = find_checkpoints(checkpoint)
     report = last_report(checkpoint)
     try:
-        table = table_stats(database_url, target, exact=exact)
+        table = table_stats(database_url, target, exact=exact, scorer_version=scorer_version)
     except BackfillError as exc:
         failed = StatusReport(checkpoints, None, str(exc), exc.exit_code, last_report=report)
         if trend is None:
@@ -234,6 +259,17 @@ def _checkpoint_to_dict(info: CheckpointInfo) -> dict[str, Any]:
     return fields
 
 
+def _versions_to_dict(counts: VersionCounts | None) -> dict[str, Any] | None:
+    if counts is None:
+        return None
+    return {
+        "scorerVersion": counts.scorer_version,
+        "current": counts.current,
+        "stale": counts.stale,
+        "unknown": counts.unknown,
+    }
+
+
 def status_to_dict(report: StatusReport) -> dict[str, Any]:
     """The `status --json` object."""
     table = None
@@ -245,6 +281,7 @@ def status_to_dict(report: StatusReport) -> dict[str, Any]:
             "distribution": report.table.distribution,
             "histogram": report.table.histogram,
             "scoredWithoutResult": report.table.without_result,
+            "versions": _versions_to_dict(report.table.by_version),
         }
     return {
         "checkpoints": [_checkpoint_to_dict(info) for info in report.checkpoints],

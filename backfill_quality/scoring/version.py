@@ -1,14 +1,22 @@
-"""The scorer version: one string that changes whenever a score could change, derived, never typed.
+"""The scorer and measurement versions: strings that change whenever a score (or what it was
+measured from) could change, derived, never typed.
+
+`measurement_version(detector)` hashes what the measurements (width, height, brightness, the
+subject, presence: `models.Measurements`) are a function of besides the image: the detector's kind
+and model files, and the code of `imaging.py`, the detector's module and every scoring module they
+import. No threshold enters it: neither decoding nor any detector reads one. Same measurement
+version: the five checks can be recomputed from the stored measurements. (`score.py`, the pool's
+entry point that calls them, stays outside both versions, as before.)
 
 `scorer_version(detector, thresholds)` hashes (SHA-256) what a score is a function of besides
 the image:
-- the detector's identity: its kind, and the SHA-256 of its model files (the shipped weights,
-  or the user's `onnx:PATH` file with its `--bird-class`);
+- the measurement version (the detector's kind, the SHA-256 of its model files — the shipped
+  weights, or the user's `onnx:PATH` file with its `--bird-class` — and the measuring code);
 - every threshold, by name and value;
-- the code of the formulas: `checks.py`, `imaging.py` and the detector's module, with every
-  module of `backfill_quality.scoring` they import, found by reading their imports (so a new
-  helper module is covered without a list to maintain). Comments, blank lines, docstrings and
-  formatting do not count: the source is hashed as Python tokens.
+- the code of the formulas: `checks.py` with every module of `backfill_quality.scoring` it
+  imports, found by reading the imports (so a new helper module is covered without a list to
+  maintain). Comments, blank lines, docstrings and formatting do not count: the source is hashed
+  as Python tokens.
 
 Nothing else enters it: no path, no time, no hash seed, no module outside those (the CLI, the
 database code, the fetcher, `annotate.py`), so it is the same in every process and on every
@@ -25,7 +33,7 @@ import ast
 import hashlib
 import io
 import tokenize
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from backfill_quality.config import DetectorChoice, Thresholds
@@ -33,7 +41,8 @@ from backfill_quality.errors import ModelError
 
 SCORING_DIR = Path(__file__).resolve().parent
 SCORING_PACKAGE = "backfill_quality.scoring"
-FORMULA_ROOTS = ("checks.py", "imaging.py")
+FORMULA_ROOTS = ("checks.py",)
+MEASURING_ROOTS = ("imaging.py",)
 DETECTOR_MODULES = {
     "learned": "detectors/learned.py",
     "heuristic": "detectors/heuristic.py",
@@ -44,22 +53,51 @@ _SKIPPED_TOKENS = frozenset({tokenize.COMMENT, tokenize.NL, tokenize.ENCODING, t
 _LAYOUT_TOKENS = frozenset({tokenize.INDENT, tokenize.DEDENT, tokenize.NEWLINE})
 
 
+@dataclass(frozen=True, slots=True)
+class Versions:
+    """Both versions of one scorer configuration."""
+
+    scorer: str
+    measurement: str
+
+
 def scorer_version(
     detector: DetectorChoice, thresholds: Thresholds, *, scoring_dir: Path = SCORING_DIR
 ) -> str:
     """'<detector kind>-<16 hex digits>', e.g. 'learned-3f2a9c1d8e7b4a60'."""
+    return versions(detector, thresholds, scoring_dir=scoring_dir).scorer
+
+
+def measurement_version(detector: DetectorChoice, *, scoring_dir: Path = SCORING_DIR) -> str:
+    """'<detector kind>-m<16 hex digits>': what the stored measurements were taken with."""
+    return f"{detector.kind}-m{_digest(_measuring_identity(detector, scoring_dir))}"
+
+
+def versions(
+    detector: DetectorChoice, thresholds: Thresholds, *, scoring_dir: Path = SCORING_DIR
+) -> Versions:
+    """The scorer version and the measurement version it is built on (hashing the model files
+    once)."""
+    measurement = measurement_version(detector, scoring_dir=scoring_dir)
+    parts = [f"measurement={measurement}"]
+    parts += [f"threshold {f.name}={getattr(thresholds, f.name)!r}" for f in fields(thresholds)]
+    for relative in formula_modules(list(FORMULA_ROOTS), scoring_dir):
+        parts.append(f"module {relative}={_code_hash(scoring_dir / relative)}")
+    return Versions(scorer=f"{detector.kind}-{_digest(parts)}", measurement=measurement)
+
+
+def _digest(parts: list[str]) -> str:
     digest = hashlib.sha256()
-    for part in _identity(detector, thresholds, scoring_dir):
+    for part in parts:
         digest.update(part.encode("utf-8"))
         digest.update(b"\x00")
-    return f"{detector.kind}-{digest.hexdigest()[:HASH_CHARS]}"
+    return digest.hexdigest()[:HASH_CHARS]
 
 
-def _identity(detector: DetectorChoice, thresholds: Thresholds, scoring_dir: Path) -> list[str]:
+def _measuring_identity(detector: DetectorChoice, scoring_dir: Path) -> list[str]:
     parts = [f"detector={detector.kind}"]
     parts += [f"model {name}={sha}" for name, sha in _model_hashes(detector, scoring_dir)]
-    parts += [f"threshold {f.name}={getattr(thresholds, f.name)!r}" for f in fields(thresholds)]
-    roots = [*FORMULA_ROOTS, DETECTOR_MODULES[detector.kind]]
+    roots = [*MEASURING_ROOTS, DETECTOR_MODULES[detector.kind]]
     for relative in formula_modules(roots, scoring_dir):
         parts.append(f"module {relative}={_code_hash(scoring_dir / relative)}")
     return parts

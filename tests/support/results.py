@@ -27,6 +27,7 @@ def a_result(score: int, source: str = SOURCE) -> dict[str, Any]:
         source,
         scored,
         scorer_version="learned-0123456789abcdef",
+        measurement_version="learned-m0123456789abcdef",
         scored_at=datetime.now(UTC),
         etag='"v1"',
         last_modified="Wed, 21 Oct 2015 07:28:00 GMT",
