@@ -1,7 +1,9 @@
 """The JSON checkpoint: load, validate, fingerprint the target, save atomically; low-water mark.
 
 The file keeps the original script's camelCase keys (`jq '.failedImages'` still works) and adds
-`version`, `updatedAt`, `dryRun`, `fingerprint`, `target`, `shard`, `finished` and `skipped`.
+`version`, `updatedAt`, `dryRun`, `fingerprint`, `target`, `shard`, `finished` and `skipped`;
+`orderBy` keeps the composite cursor of a `--order-by` run (then `lastProcessedId` is the id of
+that cursor's row, not a bound on the ids done).
 No password ever reaches it: the database appears only as host:port/dbname, and credentials in
 image URLs are masked.
 """
@@ -17,9 +19,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
-from backfill_quality.config import RunSettings, Shard, Target
+from backfill_quality.config import OrderBy, RunSettings, Shard, Target
 from backfill_quality.errors import CheckpointError, CheckpointWriteError
-from backfill_quality.models import Outcome, RowId
+from backfill_quality.models import OrderCursor, Outcome, PageKey, RowId
 from backfill_quality.pipeline.target import target_tag
 from backfill_quality.redaction import redact
 
@@ -87,6 +89,24 @@ class Checkpoint:
     """The --detector of the run that wrote it: a resumed run must score with the same one."""
     score_histogram: list[int] = field(default_factory=lambda: [0] * DECILES)
     """The scores this run (and the runs it resumed) gave, by decile: 0-9, 10-19, … 90-100."""
+    order_by: OrderBy | None = None
+    """The run's --order-by: a resumed run must take rows in the same order."""
+    order_type: str = ""
+    """The order column's type when the run started (the cursor value is cast back to it)."""
+    order_cursor: OrderCursor | None = None
+    """With --order-by: the low-water mark, as (value, id) of the last row of the done prefix."""
+
+    @property
+    def cursor(self) -> PageKey | None:
+        """Where the next page starts: the low-water mark as the page reader keys it."""
+        return self.order_cursor if self.order_by is not None else self.last_processed_id
+
+    @cursor.setter
+    def cursor(self, key: PageKey | None) -> None:
+        if isinstance(key, OrderCursor):
+            self.order_cursor, self.last_processed_id = key, key.id
+        else:
+            self.order_cursor, self.last_processed_id = None, key
 
     def record(self, outcome: Outcome, *, is_skipped: bool = False) -> None:
         """Count one finished row (is_skipped: someone else scored it between read and write)."""
@@ -159,6 +179,24 @@ class Checkpoint:
             "shard": self.shard,
             "detector": self.detector,
             "scoreHistogram": self.score_histogram,
+            "orderBy": self._order_json(),
+        }
+
+    def _order_json(self) -> dict[str, Any] | None:
+        if self.order_by is None:
+            return None
+        cursor = self.order_cursor
+        return {
+            "column": self.order_by.column,
+            "descending": self.order_by.descending,
+            "type": self.order_type,
+            "cursor": None
+            if cursor is None
+            else {
+                "phase": "nulls" if cursor.is_null else "values",
+                "value": cursor.value,
+                "id": cursor.id,
+            },
         }
 
     @classmethod
@@ -167,6 +205,7 @@ class Checkpoint:
         reader = _Reader(data, path)
         get = reader.get
         last_id = data["lastProcessedId"]
+        order_by, order_type, order_cursor = reader.order("orderBy")
         return cls(
             fingerprint=get("fingerprint", str),
             dry_run=get("dryRun", bool),
@@ -184,6 +223,9 @@ class Checkpoint:
             target=get("target", str),
             detector=get("detector", str) if "detector" in data else LEGACY_DETECTOR,
             score_histogram=reader.histogram("scoreHistogram"),
+            order_by=order_by,
+            order_type=order_type,
+            order_cursor=order_cursor,
         )
 
 
@@ -192,7 +234,7 @@ _REQUIRED_KEYS = frozenset(
     | {"lastProcessedId", "estimatedTimeRemaining", "finished", "dryRun", "fingerprint"}
     | {"target", "shard", "failedImages"}
 )
-_OPTIONAL_KEYS = frozenset({"detector", "scoreHistogram"})
+_OPTIONAL_KEYS = frozenset({"detector", "scoreHistogram", "orderBy"})
 """Keys added since version 1, absent from the files older releases wrote."""
 _EXPECTED = {str: "a string", bool: "true or false", int: "an integer ≥ 0", list: "a list"}
 
@@ -253,6 +295,36 @@ class _Reader:
         if len(counts) != DECILES:
             self.fail(f"has {key} with {len(counts)} counts, expected {DECILES}")
         return [self.get(f"{key}[{i}]", int, count) for i, count in enumerate(counts)]
+
+    def order(self, key: str) -> tuple[OrderBy | None, str, OrderCursor | None]:
+        """The --order-by and its cursor; absent from files older releases wrote: none."""
+        entry = self.data.get(key)
+        if entry is None:
+            return None, "", None
+        if not isinstance(entry, dict) or entry.keys() != {
+            "column",
+            "descending",
+            "type",
+            "cursor",
+        }:
+            self.fail(f"has {key} without exactly column, descending, type and cursor")
+        order_by = OrderBy(
+            self.get(f"{key}.column", str, entry["column"]),
+            self.get(f"{key}.descending", bool, entry["descending"]),
+        )
+        order_type: str = self.get(f"{key}.type", str, entry["type"])
+        cursor = entry["cursor"]
+        if cursor is None:
+            return order_by, order_type, None
+        if not isinstance(cursor, dict) or cursor.keys() != {"phase", "value", "id"}:
+            self.fail(f"has {key}.cursor without exactly phase, value and id")
+        phase = cursor["phase"]
+        is_null = phase == "nulls"
+        if phase not in ("values", "nulls") or is_null != (cursor["value"] is None):
+            self.fail(f"has {key}.cursor with phase {phase!r} and value {cursor['value']!r}")
+        value = None if is_null else self.get(f"{key}.cursor.value", str, cursor["value"])
+        row_id = self.get(f"{key}.cursor.id", RowId, cursor["id"])
+        return order_by, order_type, OrderCursor(value, row_id)
 
     def failed_images(self) -> list[FailedImage]:
         images = []
