@@ -151,9 +151,9 @@ def test_sigint_then_resume_continues_at_the_composite_cursor(
     meanwhile after it are taken, those before it are left for the next run; nothing is
     written twice or missed."""
     with ImageServer() as server:
-        table = ranked_table(database_url, server, url_path="/slow/150")
+        table = ranked_table(database_url, server, url_path="/slow/200")
         expected = expected_order(table)
-        url = server.url("/slow/150?img=/img/small.jpg")
+        url = server.url("/slow/200?img=/img/small.jpg")
         background = start_run(
             *table.cli_options(), *ONE_AT_A_TIME, "--order-by", "rank",
             cwd=tmp_path, database_url=database_url,
@@ -292,6 +292,7 @@ def test_bad_columns_and_another_order_on_resume_are_refused_with_exit_2(
         started = run(tmp_path, table, "--order-by", "rank", "--descending", "--limit", "2")
         other = run(tmp_path, table, "--order-by", "rank", "--resume")
         none = run(tmp_path, table, "--resume")
+        fresh = run(tmp_path, table, "--order-by", "rank")  # neither --resume nor --restart
 
     assert missing.exit_code == 2, missing.output
     assert "--order-by ranking: column 'ranking' does not exist in table 'photos'" in missing.stderr
@@ -306,6 +307,12 @@ def test_bad_columns_and_another_order_on_resume_are_refused_with_exit_2(
         assert "was written by a run in order by rank descending" in refused.stderr
         assert f"this run asks for {ours}" in refused.stderr
         assert "resume with --order-by rank --descending, or --restart" in refused.stderr
+    assert fresh.exit_code == 2, fresh.output
+    assert (
+        "an unfinished run's checkpoint in order by rank descending exists at "
+        f"{CHECKPOINT}; this run asks for order by rank. Add --resume with --order-by rank "
+        "--descending to continue it, or --restart"
+    ) in " ".join(fresh.stderr.split())
     assert len(write_order(table)) == 2  # the refusals wrote nothing
 
 

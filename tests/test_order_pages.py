@@ -313,3 +313,27 @@ def test_the_checkpoint_keeps_the_composite_cursor_and_reads_files_without_it(
     path.write_text(json.dumps(saved))
     with pytest.raises(CheckpointError, match=r"has orderBy.cursor without exactly phase"):
         load_checkpoint(path)
+
+
+def test_migrate_order_by_on_a_new_database_creates_the_table_then_its_index(
+    database_url: str,
+) -> None:
+    order_by = OrderBy("created_at", descending=True)
+    with db.connect(database_url) as fresh:
+        first = db.migrate(fresh, Target(), may_create_table=True, order_by=order_by)
+        second = db.migrate(fresh, Target(), may_create_table=True, order_by=order_by)
+        plain = db.plan_migration(fresh, Target())
+        order = db.check_order(fresh, Target(), order_by)
+        is_served = db.has_order_index(fresh, Target(), order, None)
+        definition = fresh.execute(
+            "SELECT indexdef FROM pg_indexes WHERE indexname = %s",
+            ["idx_images_created_at_desc_quality_score_null"],
+        ).fetchone()
+
+    assert [(p.step, p.outcome) for p in first][-1] == ("order-index", "created")
+    assert [(p.step, p.outcome) for p in second][-1] == ("order-index", "already present")
+    assert "order-index" not in [p.step for p in plain]  # only when asked for
+    assert definition is not None and definition[0].endswith(
+        "USING btree (created_at DESC, id DESC) WHERE (quality_score IS NULL)"
+    )
+    assert order.sql_type == "timestamp with time zone" and is_served

@@ -83,10 +83,18 @@ def _after_in_order(
     if cursor.value is None:
         params.append(cursor.id)
         return sql.SQL("({} IS NULL AND {} > ${})").format(column, key, sql.SQL(str(len(params))))
+    return sql.SQL("({} OR {} IS NULL)").format(_after_value(target, order, cursor, params), column)
+
+
+def _after_value(
+    target: Target, order: PageOrder, cursor: OrderCursor, params: list[Any]
+) -> sql.Composed:
+    """`(col, key) > ($v::type, $k)` (`<` descending): after the cursor among the values, one
+    row comparison that the index (col, key) serves as its Index Cond; adds its params."""
     params.extend([cursor.value, cursor.id])
-    return sql.SQL("(({col}, {key}) {op} (${v}::{type}, ${i}) OR {col} IS NULL)").format(
-        col=column,
-        key=key,
+    return sql.SQL("({col}, {key}) {op} (${v}::{type}, ${i})").format(
+        col=_column(order),
+        key=sql.Identifier(target.id_column),
         op=sql.SQL("<" if order.descending else ">"),
         v=sql.SQL(str(len(params) - 1)),
         type=sql.SQL(order.sql_type),
@@ -128,17 +136,7 @@ def _values_page_query(
     column, key = _column(order), sql.Identifier(target.id_column)
     conditions = [where, sql.SQL("{} IS NOT NULL").format(column)]
     if after is not None:
-        params.extend([after.value, after.id])
-        conditions.append(
-            sql.SQL("({}, {}) {} (${}::{}, ${})").format(
-                column,
-                key,
-                sql.SQL("<" if order.descending else ">"),
-                sql.SQL(str(len(params) - 1)),
-                sql.SQL(order.sql_type),
-                sql.SQL(str(len(params))),
-            )
-        )
+        conditions.append(_after_value(target, order, after, params))
     direction = sql.SQL(" DESC" if order.descending else "")
     query = sql.SQL(
         "SELECT {key}, {url}, to_json({col}) #>> '{{}}' FROM {table} WHERE {where}"
@@ -266,7 +264,9 @@ def fetch_page(
     """
     label = _table_label(target)
     if order is None:
-        query, params = _page_query(target, after_id, limit, id_range)  # type: ignore[arg-type]
+        if isinstance(after_id, OrderCursor):
+            raise TypeError("an OrderCursor needs the order it was read in")
+        query, params = _page_query(target, after_id, limit, id_range)
         with _translated(f"reading the next page of {label!r}"):
             rows = _raw(conn, query, params).fetchall()
         return [ImageRow(id=_row_id(row_id), url=url or "") for row_id, url in rows]

@@ -139,6 +139,13 @@ def _choose(settings: RunSettings, path: Path, fingerprint: str, description: st
             )
         _check_same_run(existing, settings, path, fingerprint, description)
         return existing
+    if existing is not None and not existing.finished and existing.order_by != settings.order_by:
+        again = " ".join(existing.order_by.cli_options()) if existing.order_by else "no --order-by"
+        raise ConfigError(
+            f"an unfinished run's checkpoint in {describe_order(existing.order_by)} exists at "
+            f"{path}; this run asks for {describe_order(settings.order_by)}. Add --resume with "
+            f"{again} to continue it, or --restart to start over in the new order."
+        )
     if existing is not None and not existing.finished and existing.fingerprint != fingerprint:
         raise ConfigError(
             f"an unfinished run's checkpoint for another target exists at {path} "
