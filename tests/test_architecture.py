@@ -24,13 +24,15 @@ OWNERS = {
     "PIL": {
         "scoring/imaging.py",
         "scoring/annotate.py",
+        "scoring/thumbnail.py",
         "demo/synthetic.py",
         "demo/compose.py",
         "demo/photos.py",
     },
     "onnxruntime": {"scoring/detectors/runtime.py"},
-    "rich": {"cli/reporters.py", "cli/views.py"},
+    "rich": {"cli/reporters.py", "cli/views.py", "cli/trend_view.py"},
     "typer": {"cli/"},
+    "jinja2": {"report/"},
 }
 # modules at the bottom of the import graph: they import no other project module but these
 FOUNDATION = {
@@ -42,9 +44,11 @@ FOUNDATION = {
 }
 LEAVES = {"config", "models", "errors", "redaction", "results"}
 # folder -> the folders it may import (besides the leaves and itself); imports point one way:
-# cli -> pipeline -> fetching / scoring / db -> leaves, and demo beside the pipeline
+# cli -> pipeline -> fetching / scoring / db -> leaves, demo beside the pipeline, and the report
+# above the pipeline (it reads checkpoints and fetches thumbnails) but below the cli
 LAYERS = {
-    "cli": {"pipeline", "fetching", "scoring", "db", "demo"},
+    "cli": {"pipeline", "fetching", "scoring", "db", "demo", "report"},
+    "report": {"pipeline", "fetching", "scoring", "db"},
     "pipeline": {"fetching", "scoring", "db"},
     "demo": {"pipeline", "scoring", "db"},
     "fetching": set(),
@@ -177,3 +181,13 @@ def test_every_subpackage_is_in_the_distribution() -> None:
         for init in PACKAGE.rglob("__init__.py")
     }
     assert found - listed == set(), "add these to [tool.setuptools] packages in pyproject.toml"
+
+
+def test_every_data_file_of_the_package_is_in_the_distribution() -> None:
+    """The report's template is package data: a pattern that misses it installs a tool whose
+    `report` cannot find its page (the editable install of the tests would not notice)."""
+    package_data = tomllib.loads(PYPROJECT.read_text())["tool"]["setuptools"]["package-data"]
+    for template in (PACKAGE / "report" / "templates").iterdir():
+        patterns = package_data.get("backfill_quality.report", [])
+        shipped = {path for p in patterns for path in (PACKAGE / "report").glob(p)}
+        assert template in shipped, f"{template.name} not in package-data"

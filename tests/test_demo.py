@@ -30,6 +30,12 @@ def test_demo_scores_every_good_row_and_lists_the_broken_ones(tmp_path: Path) ->
     assert checkpoint["finished"] is True
     assert "Score distribution" in result.output
     assert "Progress Summary" in result.output
+    # it ends by writing the review report and naming it
+    report = workdir / "quality-report.html"
+    assert result.stderr.rstrip().endswith(f"Open the review report in a browser: {report}")
+    page = report.read_text(encoding="utf-8")
+    assert '<span class="num" id="n-scored">118</span>' in page
+    assert '<span class="num" id="n-failed">2</span>' in page
 
 
 # --- the temporary folder (no --workdir) --------------------------------------------------------
@@ -63,6 +69,7 @@ def test_the_demo_deletes_its_temporary_folder_and_stops_its_database(
     assert result.exit_code == 0, result.output
     assert "Progress Summary" in result.output
     assert_nothing_left(tmpdir)
+    assert (tmp_path / "backfill-quality-demo-report.html").stat().st_size > 10_000
 
 
 def test_a_demo_stopped_by_ctrl_c_deletes_its_temporary_folder(

@@ -1,4 +1,4 @@
-"""The command line: `backfill-quality run | score | status | migrate | demo`.
+"""The command line: `backfill-quality run | score | status | migrate | demo | watch | report`.
 
 The only importer of typer. Each command is a thin client of the library; our errors become exit
 codes and one clear message here (a traceback only with --verbose).
@@ -9,6 +9,7 @@ from __future__ import annotations
 from backfill_quality.cli import (
     demo_cmd,
     migrate_cmd,
+    report_cmd,
     run_cmd,
     score_cmd,
     status_cmd,
@@ -23,6 +24,7 @@ _COMMANDS = (
     migrate_cmd,
     demo_cmd,
     watch_cmd,
+    report_cmd,
 )  # registered on import
 
 __all__ = ["app", "main"]

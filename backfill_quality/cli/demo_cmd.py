@@ -8,9 +8,12 @@ from typing import Annotated
 import typer
 
 from backfill_quality.cli import options as o
-from backfill_quality.cli.app import EXIT_OK, app, error_boundary
+from backfill_quality.cli.app import EXIT_FATAL, EXIT_OK, app, error_boundary
+from backfill_quality.cli.report_cmd import report_at_end
 from backfill_quality.cli.run_cmd import exit_code_for
 from backfill_quality.config import DEFAULT_DEMO_ROWS, RunSettings, Target
+
+DEMO_REPORT_NAME = "backfill-quality-demo-report.html"
 
 
 @app.command(epilog="Example:\n\n  backfill-quality demo --rows 500 --latency-ms 100")
@@ -33,6 +36,16 @@ def demo(
             "at the end, also after Ctrl+C or an error).",
         ),
     ] = None,
+    report: Annotated[
+        Path | None,
+        typer.Option(
+            "--report",
+            metavar="PATH",
+            dir_okay=False,
+            help="Where the review report goes at the end (default: quality-report.html in"
+            " --workdir, or backfill-quality-demo-report.html in the current folder).",
+        ),
+    ] = None,
     verbose: o.Verbose = False,
     quiet: o.Quiet = False,
     json_events: o.JsonEvents = False,
@@ -40,8 +53,8 @@ def demo(
     version: o.Version = False,
 ) -> None:
     """Start an embedded PostgreSQL, fill `images` with the shipped real photos and variants of
-    them (and a few broken URLs) served from 127.0.0.1, run the backfill with live progress, then
-    show `status`."""
+    them (and a few broken URLs) served from 127.0.0.1, run the backfill with live progress, show
+    `status`, and write the review report (an HTML file) and print its path."""
     as_json = o.wants_json(json_events, log_format)
     with error_boundary(verbose=verbose, as_json=as_json):
         from backfill_quality.cli.reporters import make_reporter
@@ -70,13 +83,24 @@ def demo(
             finally:
                 reporter.close()
             print_status(StatusReport(find_checkpoints(checkpoint), table_stats(url, Target())))
+            if summary.interrupted is None:
+                out = report or (
+                    workdir / "quality-report.html" if workdir else Path(DEMO_REPORT_NAME)
+                )
+                written = report_at_end(
+                    out, database_url=url, target=Target(), checkpoint=checkpoint, as_json=as_json
+                )
         if not (quiet or as_json):
             typer.echo(
                 "\nThe failed rows point at broken URLs on purpose (404, 500, not an image, "
-                "truncated): they stay NULL and are listed in the checkpoint.\n"
+                "truncated): they stay NULL and are listed in the checkpoint and the report.\n"
                 "Next: `backfill-quality score PATH_OR_URL` on your own photo, or read README.md "
                 "for a production run.",
                 err=True,
             )
+            if written is not None:
+                typer.echo(f"Open the review report in a browser: {written}", err=True)
     code = exit_code_for(summary)
-    raise typer.Exit(code if summary.interrupted else EXIT_OK)
+    if summary.interrupted:
+        raise typer.Exit(code)
+    raise typer.Exit(EXIT_OK if written is not None else EXIT_FATAL)

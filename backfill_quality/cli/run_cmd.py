@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from backfill_quality.cli import options as o
-from backfill_quality.cli.app import EXIT_OK, EXIT_SOME_FAILED, app, error_boundary
+from backfill_quality.cli.app import EXIT_FATAL, EXIT_OK, EXIT_SOME_FAILED, app, error_boundary
+from backfill_quality.cli.report_cmd import ReportPath, report_at_end
 from backfill_quality.config import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_CONCURRENCY,
@@ -111,6 +112,7 @@ def run(
     detector: o.DetectorOption = o.DEFAULT_DETECTOR,
     bird_class: o.BirdClass = None,
     notify_url: o.NotifyUrl = None,
+    report: ReportPath = None,
     verbose: o.Verbose = False,
     quiet: o.Quiet = False,
     json_events: o.JsonEvents = False,
@@ -120,6 +122,7 @@ def run(
     """Score every image whose score is NULL and write the score back, page by page.
 
     One run per table at a time: a second one (not a dry run) exits 4, naming the first.
+    With --report PATH, a run that was not interrupted ends by writing the review report.
     """
     as_json = o.wants_json(json_events, log_format)
     with error_boundary(verbose=verbose, as_json=as_json):
@@ -176,4 +179,15 @@ def run(
             raise
         finally:
             reporter.close()
-    raise typer.Exit(exit_code_for(summary))
+        code = exit_code_for(summary)
+        if report is not None and summary.interrupted is None:
+            written = report_at_end(
+                report,
+                database_url=database_url,
+                target=settings.target,
+                checkpoint=checkpoint,
+                deny_private_networks=deny_private_networks,
+                as_json=as_json,
+            )
+            code = code if written is not None else max(code, EXIT_FATAL)
+    raise typer.Exit(code)

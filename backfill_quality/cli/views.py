@@ -12,6 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from backfill_quality.cli.summary import DECILE_LABELS, bar
+from backfill_quality.cli.trend_view import print_trend
 from backfill_quality.models import Analysis
 from backfill_quality.pipeline.progress import format_duration
 from backfill_quality.pipeline.status import (
@@ -162,5 +163,17 @@ def print_status(report: StatusReport, console: Console | None = None) -> None:
         _print_shard_group(group, out)
     if report.table is not None:
         print_table_stats(report.table, out)
+    if report.trend is not None:
+        print_trend(report.trend, out)
+    if report.last_report is not None:
+        last = report.last_report
+        built = last.built_at.isoformat(timespec="seconds").replace("+00:00", "Z")
+        exists = "" if last.path.exists() else " (the file is gone since)"
+        out.print(
+            f"Last report: {escape(str(last.path))}{exists}, built {built}, {last.rows:,} results",
+            soft_wrap=True,
+        )
     if report.table_problem is not None:
         _stderr.print(f"[red]database[/red]: {escape(redact(report.table_problem))}")
+    elif report.trend_problem is not None:
+        _stderr.print(f"[red]trend[/red]: {escape(redact(report.trend_problem))}")

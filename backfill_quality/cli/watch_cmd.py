@@ -9,6 +9,7 @@ import typer
 
 from backfill_quality.cli import options as o
 from backfill_quality.cli.app import EXIT_OK, EXIT_SOME_FAILED, app, error_boundary
+from backfill_quality.cli.report_cmd import ReportPath, report_at_end
 from backfill_quality.config import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_CHECKPOINT,
@@ -125,6 +126,7 @@ def watch(
     threshold: o.ThresholdOverrides = None,
     detector: o.DetectorOption = o.DEFAULT_DETECTOR,
     bird_class: o.BirdClass = None,
+    report: ReportPath = None,
     verbose: o.Verbose = False,
     quiet: Annotated[
         bool,
@@ -139,7 +141,10 @@ def watch(
     log_format: o.LegacyLogFormat = None,
     version: o.Version = False,
 ) -> None:
-    """Score new images as they arrive: LISTEN for the insert trigger, poll as a safety net."""
+    """Score new images as they arrive: LISTEN for the insert trigger, poll as a safety net.
+
+    With --report PATH, writes the review report when it stops (SIGTERM, Ctrl+C).
+    """
     as_json = o.wants_json(json_events, log_format)
     with error_boundary(verbose=verbose, as_json=as_json):
         if order_by is not None:
@@ -210,4 +215,13 @@ def watch(
                 webhook.send(payload)
 
         result = Watcher(settings, new_reporter, on_cycle=on_cycle).run()
+        if report is not None:
+            report_at_end(
+                report,
+                database_url=database_url,
+                target=run_settings.target,
+                checkpoint=checkpoint,
+                deny_private_networks=deny_private_networks,
+                as_json=as_json,
+            )
     raise typer.Exit(EXIT_SIGNALS[result.interrupted] if result.interrupted else EXIT_OK)

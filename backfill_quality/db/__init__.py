@@ -16,15 +16,17 @@ Callers use `from backfill_quality import db` and `db.<name>`; the submodules ow
 - `results`: the results table (what each score was made of): its `migrate` step
   `results-table`, the guarded statement that writes a score with its result, reading results back
 - `writes`: the pipelined per-row score UPDATEs with their results, and the demo's seed rows
+- `report`: the review report's aggregates and galleries over the results table
 - `status`: monitoring SQL for `status` (categories, histograms, exact counts, estimates)
+- `trend`: quality per day, week or month from the results table (`status --trend`, `report`)
 - `watch`: LISTEN/NOTIFY for watch mode
 - `locks`: the advisory locks that keep two runs off one target, and who holds them
 
 Submodules import downwards only: connection <- schema <- pages <- status, pages <- shards;
 shards <- migration_steps <- watch_triggers <- migrate; pages and migration_steps <- order <-
 migrate; results uses connection, schema and migration_steps, and migrate lists its step; writes
-uses results; watch and locks use connection and schema (watch also migration_steps, for the
-trigger's name).
+and trend use results; watch and locks use connection and schema (watch also migration_steps,
+for the trigger's name).
 """
 
 from backfill_quality.db.connection import connect, describe_database, is_retryable, redact_url
@@ -61,6 +63,14 @@ from backfill_quality.db.pages import (
     fetch_page,
     ids_after,
 )
+from backfill_quality.db.report import (
+    GalleryRow,
+    ResultFigures,
+    category_sample,
+    failed_check_sample,
+    lowest_scored,
+    result_figures,
+)
 from backfill_quality.db.results import (
     has_results_table,
     read_results,
@@ -93,6 +103,14 @@ from backfill_quality.db.status import (
     score_distribution,
     score_histogram,
 )
+from backfill_quality.db.trend import (
+    EVERY_CHOICES,
+    SCORED_AT,
+    TrendPeriod,
+    check_every,
+    quality_trend,
+    trend_query,
+)
 from backfill_quality.db.watch import listen, notify_channel, wait_for_notifications
 from backfill_quality.db.writes import (
     ScoreWrite,
@@ -103,11 +121,13 @@ from backfill_quality.db.writes import (
 )
 
 __all__ = [
+    "EVERY_CHOICES",
     "EXACT_COUNT_LIMIT",
     "EXACT_COUNT_TIMEOUT_MS",
     "INTEGER_ID_TYPES",
     "MIGRATIONS_LOCK_KEY",
     "NOTIFY_TRIGGER",
+    "SCORED_AT",
     "SCORE_TYPES",
     "SHARD_PLAN_TABLE",
     "SORTABLE_TYPES",
@@ -116,15 +136,20 @@ __all__ = [
     "TEXT_ID_TYPES",
     "URL_TYPES",
     "UUID_SPACE",
+    "GalleryRow",
     "IdRange",
     "LockHolder",
     "PageOrder",
+    "ResultFigures",
     "ScoreBuckets",
     "ScoreWrite",
     "StepPlan",
+    "TrendPeriod",
     "WriteResult",
     "advisory_lock_holders",
     "advisory_unlock",
+    "category_sample",
+    "check_every",
     "check_order",
     "check_target",
     "connect",
@@ -138,6 +163,7 @@ __all__ = [
     "estimate_unscored",
     "explain_ids_after",
     "explain_page_query",
+    "failed_check_sample",
     "fetch_page",
     "has_order_index",
     "has_results_table",
@@ -145,15 +171,18 @@ __all__ = [
     "is_retryable",
     "key_range_for_shard",
     "listen",
+    "lowest_scored",
     "migrate",
     "notify_channel",
     "plan_migration",
     "plan_target",
+    "quality_trend",
     "read_results",
     "redact_url",
     "render_sql",
     "replace_demo_rows",
     "require_results_table",
+    "result_figures",
     "results_label",
     "results_table_name",
     "score_distribution",
@@ -161,6 +190,7 @@ __all__ = [
     "shard_plan_bounds",
     "slow_order_warning",
     "table_identity",
+    "trend_query",
     "try_advisory_lock",
     "wait_for_notifications",
     "write_score_results",

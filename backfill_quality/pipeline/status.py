@@ -12,7 +12,7 @@ planner's estimates (instant on any size, marked as such); `exact=True` always c
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,8 @@ from backfill_quality import db
 from backfill_quality.config import Target
 from backfill_quality.errors import BackfillError
 from backfill_quality.pipeline.checkpoint import Checkpoint, load_checkpoint
+from backfill_quality.pipeline.lastreport import LastReport, last_report
+from backfill_quality.pipeline.trend import TrendReport, TrendRequest, trend_report, trend_to_dict
 from backfill_quality.redaction import redact
 
 CATEGORY_DECILES = {"high": range(8, 10), "medium": range(6, 8), "low": range(0, 6)}
@@ -93,6 +95,17 @@ class StatusReport:
     table_problem_exit_code: int = 0
     """The exit code of the error behind `table_problem`: 2 when an option must be fixed (a
     malformed --database-url, an unknown table or column), 1 when the database failed."""
+    trend: TrendReport | None = None
+    """Quality per period (`--trend`); None when not asked for or when it failed."""
+    trend_problem: str | None = None
+    trend_problem_exit_code: int = 0
+    last_report: LastReport | None = None
+    """Where the last review report beside the checkpoint was written (pipeline/lastreport.py)."""
+
+    @property
+    def exit_code(self) -> int:
+        """0, or the exit code of the table's problem, else of the trend's."""
+        return self.table_problem_exit_code or self.trend_problem_exit_code
 
     @property
     def shard_groups(self) -> list[ShardGroup]:
@@ -173,15 +186,37 @@ def table_stats(database_url: str, target: Target, *, exact: bool = False) -> Ta
 
 
 def report_status(
-    database_url: str, target: Target, checkpoint: Path, *, exact: bool = False
+    database_url: str,
+    target: Target,
+    checkpoint: Path,
+    *,
+    exact: bool = False,
+    trend: TrendRequest | None = None,
 ) -> StatusReport:
-    """Checkpoints always; the table's figures unless the database fails (then why, instead)."""
+    """Checkpoints always; the table's figures unless the database fails (then why, instead);
+    with `trend`, quality per period (or why not)."""
     checkpoints = find_checkpoints(checkpoint)
+    report = last_report(checkpoint)
     try:
         table = table_stats(database_url, target, exact=exact)
     except BackfillError as exc:
-        return StatusReport(checkpoints, None, str(exc), exc.exit_code)
-    return StatusReport(checkpoints, table)
+        failed = StatusReport(checkpoints, None, str(exc), exc.exit_code, last_report=report)
+        if trend is None:
+            return failed
+        return replace(failed, trend_problem=str(exc), trend_problem_exit_code=exc.exit_code)
+    if trend is None:
+        return StatusReport(checkpoints, table, last_report=report)
+    try:
+        trended = trend_report(database_url, target, trend)
+    except BackfillError as exc:
+        return StatusReport(
+            checkpoints,
+            table,
+            trend_problem=str(exc),
+            trend_problem_exit_code=exc.exit_code,
+            last_report=report,
+        )
+    return StatusReport(checkpoints, table, trend=trended, last_report=report)
 
 
 def _checkpoint_to_dict(info: CheckpointInfo) -> dict[str, Any]:
@@ -229,4 +264,22 @@ def status_to_dict(report: StatusReport) -> dict[str, Any]:
         ],
         "table": table,
         "tableError": redact(report.table_problem) if report.table_problem else None,
-    }
+        "lastReport": None
+        if report.last_report is None
+        else {
+            "path": str(report.last_report.path),
+            "builtAt": report.last_report.built_at.isoformat(timespec="seconds").replace(
+                "+00:00", "Z"
+            ),
+            "results": report.last_report.rows,
+        },
+    } | _trend_fields(report)
+
+
+def _trend_fields(report: StatusReport) -> dict[str, Any]:
+    """`trend` and `trendError`, present only with --trend."""
+    if report.trend is not None:
+        return {"trend": trend_to_dict(report.trend), "trendError": None}
+    if report.trend_problem is not None:
+        return {"trend": None, "trendError": redact(report.trend_problem)}
+    return {}
