@@ -85,6 +85,29 @@ def quote_name(name: str) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class OrderBy:
+    """`--order-by COLUMN [--descending]`: the priority order of a run (ties by the key)."""
+
+    column: str
+    descending: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.column or "\x00" in self.column:
+            raise ConfigError(f"--order-by: {self.column!r} is not a usable column name")
+        if len(self.column.encode()) > MAX_IDENTIFIER_BYTES:
+            raise ConfigError(f"--order-by: {self.column!r} is longer than PostgreSQL allows")
+
+    def __str__(self) -> str:
+        return f"{self.column} descending" if self.descending else self.column
+
+    def cli_options(self) -> list[str]:
+        """The options that ask for this order: `--order-by created_at --descending`."""
+        return ["--order-by", shlex.quote(self.column)] + (
+            ["--descending"] if self.descending else []
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class Target:
     """Which table and columns the backfill reads and writes. `schema` None: the table is found
     through the search_path, as PostgreSQL finds an unqualified name."""
@@ -323,6 +346,8 @@ class RunSettings:
     workers: int | None = None
     max_pixels: int = DEFAULT_MAX_PIXELS
     detector: DetectorChoice = field(default_factory=DetectorChoice)
+    order_by: OrderBy | None = None
+    """`--order-by`: take rows in this column's order (None: the key's order)."""
 
     def __post_init__(self) -> None:
         if not 1 <= self.batch_size <= MAX_BATCH_SIZE:

@@ -11,11 +11,38 @@ Category = Literal["high", "medium", "low"]
 
 
 @dataclass(frozen=True, slots=True)
+class OrderCursor:
+    """A row's place in a `--order-by` run: its order value and its key (ties by the key).
+
+    `value` is the column's value as text (dates and times in ISO 8601), cast back to the
+    column's type by the page query; None: the value is NULL, and the row belongs to the second
+    phase (NULLs last, in key order).
+    """
+
+    value: str | None
+    id: RowId
+
+    @property
+    def is_null(self) -> bool:
+        return self.value is None
+
+
+PageKey = RowId | OrderCursor
+"""What a page starts after: the last row's id, or with --order-by its (value, id)."""
+
+
+@dataclass(frozen=True, slots=True)
 class ImageRow:
-    """One row to score: its primary key and image URL."""
+    """One row to score: its primary key and image URL (and, with --order-by, its place)."""
 
     id: RowId
     url: str
+    order_key: OrderCursor | None = None
+
+    @property
+    def key(self) -> PageKey:
+        """The key the next page starts after when this row is the last one read."""
+        return self.id if self.order_key is None else self.order_key
 
 
 @dataclass(frozen=True, slots=True)

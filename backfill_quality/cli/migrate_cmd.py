@@ -19,6 +19,8 @@ MIGRATE_EPILOG = """Examples:
   backfill-quality migrate --table media.photos --url-column src --score-column quality
 
   backfill-quality migrate --watch --sql     # print what it would run, change nothing
+
+  backfill-quality migrate --order-by created_at --descending   # the index of `run --order-by`
 """
 
 
@@ -48,6 +50,20 @@ def migrate(
             "changed url resets the score.",
         ),
     ] = False,
+    order_by: Annotated[
+        str | None,
+        typer.Option(
+            "--order-by",
+            metavar="COLUMN",
+            help="Also create the partial index of the unscored rows in this column's order "
+            "(step order-index), which `run --order-by COLUMN` reads.",
+            show_default=False,
+        ),
+    ] = None,
+    descending: Annotated[
+        bool,
+        typer.Option("--descending", help="With --order-by: the index for `run --descending`."),
+    ] = False,
     as_sql: Annotated[
         bool,
         typer.Option("--sql", help="Print the SQL statements it would run; change nothing."),
@@ -62,7 +78,7 @@ def migrate(
     version: o.Version = False,
 ) -> None:
     """Create the score column, its CHECK, indexes, get_quality_category() and the results
-    table (TABLE_quality_results) — safe to re-run.
+    table (TABLE_quality_results) — safe to re-run. With --order-by, the index of that order.
 
     Each step says what it did: created, already present, or skipped. Nothing rewrites the table
     or holds a long lock; the indexes are built CONCURRENTLY so writers are never blocked. A step
@@ -73,12 +89,13 @@ def migrate(
             raise ConfigError("--verbose and --quiet cannot be used together")
         register_database_secrets(database_url)
         target = o.make_target(table or o.DEFAULT_TABLE, id_column, url_column, score_column)
+        order = o.make_order(order_by, descending)
         from backfill_quality import db  # psycopg: not for --help
 
         with db.connect(database_url) as conn:
             if as_sql:
                 plans = db.plan_migration(
-                    conn, target, may_create_table=table is None, with_watch=watch
+                    conn, target, may_create_table=table is None, with_watch=watch, order_by=order
                 )
                 typer.echo(db.render_sql(conn, target, plans), nl=False)
                 return
@@ -88,6 +105,7 @@ def migrate(
                 may_create_table=table is None,
                 with_watch=watch,
                 on_lock_wait=_ignore if quiet else _say_waiting,
+                order_by=order,
             )
         if quiet:
             return

@@ -10,6 +10,7 @@ import typer
 
 from backfill_quality import config
 from backfill_quality.cli.app import Version as Version  # beside the top level's --version
+from backfill_quality.errors import ConfigError
 
 
 class LogFormat(StrEnum):
@@ -209,6 +210,38 @@ ShardCount = Annotated[
         rich_help_panel=SCALE_PANEL,
     ),
 ]
+OrderByOption = Annotated[
+    str | None,
+    typer.Option(
+        "--order-by",
+        metavar="COLUMN",
+        envvar="BACKFILL_ORDER_BY",
+        help="Take the rows in this column's order (ascending; ties by the key; NULLs last), "
+        "e.g. created_at with --descending for the newest first. `migrate --order-by` creates "
+        "its index.",
+        show_default=False,
+        rich_help_panel=DB_PANEL,
+    ),
+]
+Descending = Annotated[
+    bool,
+    typer.Option(
+        "--descending",
+        help="With --order-by: the largest (newest) values first; NULLs still last.",
+        rich_help_panel=DB_PANEL,
+    ),
+]
+
+
+def make_order(order_by: str | None, descending: bool) -> config.OrderBy | None:
+    """The order of --order-by and --descending (None: the key's order)."""
+    if order_by is None:
+        if descending:
+            raise ConfigError("--descending needs --order-by COLUMN (the column to sort)")
+        return None
+    return config.OrderBy(order_by, descending)
+
+
 Workers = Annotated[
     int | None,
     typer.Option(

@@ -37,6 +37,8 @@ RUN_EPILOG = """Examples:
   backfill-quality run --resume                   # continue after an interruption
 
   backfill-quality run --concurrency 1 --batch-size 10 --delay 3000   # the original's pace
+
+  backfill-quality run --order-by created_at --descending   # the newest images first
 """
 
 
@@ -101,6 +103,8 @@ def run(
     max_bytes: o.MaxBytes = DEFAULT_MAX_BYTES,
     retries: o.Retries = DEFAULT_RETRIES,
     deny_private_networks: o.DenyPrivateNetworks = False,
+    order_by: o.OrderByOption = None,
+    descending: o.Descending = False,
     shard: o.ShardOption = None,
     shard_count: o.ShardCount = None,
     workers: o.Workers = None,
@@ -158,6 +162,7 @@ def run(
             limit=limit,
             workers=workers,
             shard=resolve_shard(shard, shard_count),
+            order_by=o.make_order(order_by, descending),
         )
         notify = NotifySettings(notify_url) if notify_url else None
         reporter = make_reporter(

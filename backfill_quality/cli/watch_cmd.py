@@ -44,6 +44,12 @@ WATCH_EPILOG = """Examples:
 """
 SCALE_PANEL = "Scale-out"
 WATCH_PANEL = "Watch"
+ORDER_BY_REFUSED = (
+    "--order-by: watch does not take a priority order. It scores rows within seconds of their"
+    " insert, so there is no queue to order, and each cycle walks the unscored rows afresh. To"
+    " score a backlog newest first, run `backfill-quality run --order-by COLUMN [--descending]`"
+    " once, then start watch for the rows that arrive after it"
+)
 
 
 @app.command(epilog=WATCH_EPILOG)
@@ -110,6 +116,10 @@ def watch(
             dir_okay=False,
         ),
     ] = WATCH_CHECKPOINT,
+    order_by: Annotated[
+        str | None,
+        typer.Option("--order-by", hidden=True, help="Refused: see `run --order-by`."),
+    ] = None,
     shard: o.ShardOption = None,
     shard_count: o.ShardCount = None,
     workers: o.Workers = None,
@@ -137,6 +147,8 @@ def watch(
     """
     as_json = o.wants_json(json_events, log_format)
     with error_boundary(verbose=verbose, as_json=as_json):
+        if order_by is not None:
+            raise ConfigError(ORDER_BY_REFUSED)
         register_database_secrets(database_url)
         # imported here, not at the top: `--help` must not pay for psycopg, httpx, NumPy, rich
         from backfill_quality.cli.reporters import make_reporter

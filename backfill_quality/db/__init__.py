@@ -8,7 +8,10 @@ Callers use `from backfill_quality import db` and `db.<name>`; the submodules ow
 - `schema`: the target table (quoted name, found through the search_path, column and key checks)
 - `migration_steps`, `watch_triggers`: the named steps of `migrate`, each planned from the catalog
 - `migrate`: planning and running the steps (or printing them as SQL)
-- `pages`: keyset page queries, counts and estimates of the rows left
+- `pages`: keyset page queries (in key order, or in an `--order-by` order), counts and
+  estimates of the rows left
+- `order`: `--order-by` checked in the catalog, the EXPLAIN that finds its index, and the
+  `migrate` step `order-index`
 - `shards`: shard key ranges (integer keys: from the shard plan table, `migrate` step `shard-plan`)
 - `results`: the results table (what each score was made of): its `migrate` step
   `results-table`, the guarded statement that writes a score with its result, reading results back
@@ -22,10 +25,10 @@ Callers use `from backfill_quality import db` and `db.<name>`; the submodules ow
 - `locks`: the advisory locks that keep two runs off one target, and who holds them
 
 Submodules import downwards only: connection <- schema <- pages <- status, pages <- shards;
-shards <- migration_steps <- watch_triggers <- migrate; results uses connection, schema and
-migration_steps, and migrate lists its step; writes and trend use results; rescore uses pages,
-results and writes; watch and locks use connection and schema (watch also migration_steps, for
-the trigger's name).
+shards <- migration_steps <- watch_triggers <- migrate; pages and migration_steps <- order <-
+migrate; results uses connection, schema and migration_steps, and migrate lists its step; writes
+and trend use results; rescore uses pages, results and writes; watch and locks use connection and
+schema (watch also migration_steps, for the trigger's name).
 """
 
 from backfill_quality.db.connection import connect, describe_database, is_retryable, redact_url
@@ -44,10 +47,17 @@ from backfill_quality.db.migrate import (
     render_sql,
 )
 from backfill_quality.db.migration_steps import NOTIFY_TRIGGER, StepPlan
+from backfill_quality.db.order import (
+    SORTABLE_TYPES,
+    check_order,
+    has_order_index,
+    slow_order_warning,
+)
 from backfill_quality.db.pages import (
     EXACT_COUNT_LIMIT,
     EXACT_COUNT_TIMEOUT_MS,
     IdRange,
+    PageOrder,
     count_unscored,
     estimate_unscored,
     explain_ids_after,
@@ -133,6 +143,7 @@ __all__ = [
     "SCORED_AT",
     "SCORE_TYPES",
     "SHARD_PLAN_TABLE",
+    "SORTABLE_TYPES",
     "STEPS",
     "SUPPORTED_ID_TYPES",
     "TEXT_ID_TYPES",
@@ -141,6 +152,7 @@ __all__ = [
     "GalleryRow",
     "IdRange",
     "LockHolder",
+    "PageOrder",
     "RescoreWrite",
     "ResultFigures",
     "ScoreBuckets",
@@ -154,6 +166,7 @@ __all__ = [
     "advisory_unlock",
     "category_sample",
     "check_every",
+    "check_order",
     "check_target",
     "check_where",
     "connect",
@@ -173,6 +186,7 @@ __all__ = [
     "fetch_page",
     "fetch_rescore_page",
     "find_current_measurements",
+    "has_order_index",
     "has_results_table",
     "ids_after",
     "is_retryable",
@@ -195,6 +209,7 @@ __all__ = [
     "score_distribution",
     "score_histogram",
     "shard_plan_bounds",
+    "slow_order_warning",
     "table_identity",
     "trend_query",
     "try_advisory_lock",

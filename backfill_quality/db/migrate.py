@@ -17,7 +17,7 @@ from typing import Any
 
 import psycopg
 
-from backfill_quality.config import Target
+from backfill_quality.config import OrderBy, Target
 from backfill_quality.db.connection import _translate, _translated, describe_database
 from backfill_quality.db.migration_steps import (
     Batch,
@@ -34,6 +34,7 @@ from backfill_quality.db.migration_steps import (
     refuse_rows_outside_range,
     resolve_subject,
 )
+from backfill_quality.db.order import ORDER_INDEX_STEP, plan_order_index
 from backfill_quality.db.results import plan_results_table
 from backfill_quality.db.watch_triggers import plan_watch_triggers
 from backfill_quality.errors import BackfillError, DatabaseError
@@ -49,6 +50,8 @@ STEPS: tuple[MigrationStep, ...] = (
     MigrationStep("shard-plan", plan_shard_plan),
     MigrationStep("results-table", plan_results_table),
 )
+ORDER_INDEX = MigrationStep(ORDER_INDEX_STEP, plan_order_index)
+"""The step of `migrate --order-by` only: without the option it is not planned nor listed."""
 MIGRATIONS_LOCK_KEY = 0x6266_7175_616C  # pg_advisory_lock key: two `migrate` runs never race
 LOCK_RETRY_DELAYS_S = (1.0, 2.0, 4.0, 8.0)
 """Pauses before running a step again after a statement gave up waiting for a lock (2 s each
@@ -70,18 +73,28 @@ def plan_migration(
     may_create_table: bool = False,
     with_watch: bool = False,
     only: Collection[str] | None = None,
+    order_by: OrderBy | None = None,
 ) -> list[StepPlan]:
     """What every step (or the steps named in `only`) would do, read from the catalog; nothing
     is changed. Raises ConfigError (the table or a column cannot be used) or
     MigrationBlockedError (rows break the CHECK)."""
-    unknown = set(only or ()) - {step.name for step in STEPS}
+    steps = _steps(order_by)
+    unknown = set(only or ()) - {step.name for step in (*STEPS, ORDER_INDEX)}
     if unknown:
         raise ValueError(f"no migration step named {', '.join(sorted(unknown))}")
     with _translated(f"reading the catalog for {target.label!r}"):
         subject = resolve_subject(
-            conn, target, may_create_table=may_create_table, with_watch=with_watch
+            conn,
+            target,
+            may_create_table=may_create_table,
+            with_watch=with_watch,
+            order_by=order_by,
         )
-        return [step.plan(conn, subject) for step in STEPS if only is None or step.name in only]
+        return [step.plan(conn, subject) for step in steps if only is None or step.name in only]
+
+
+def _steps(order_by: OrderBy | None) -> tuple[MigrationStep, ...]:
+    return (*STEPS, ORDER_INDEX) if order_by is not None else STEPS
 
 
 def migrate(
@@ -93,12 +106,14 @@ def migrate(
     lock_retry_delays_s: Sequence[float] = LOCK_RETRY_DELAYS_S,
     on_lock_wait: Callable[[str], None] = lambda message: None,
     only: Collection[str] | None = None,
+    order_by: OrderBy | None = None,
 ) -> list[StepPlan]:
     """Run every step for `target` (or the steps named in `only`); return the plans (what each
     step found and did).
 
     `may_create_table`: no table was named, so the demo's `images` is created when no table of
     that name exists in any schema. `with_watch`: install the triggers `watch` listens to.
+    `order_by`: create the partial index a run with this `--order-by` reads (step order-index).
     """
     if not conn.autocommit:
         raise DatabaseError("migrate needs an autocommit connection (use db.connect)")
@@ -106,12 +121,21 @@ def migrate(
         conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATIONS_LOCK_KEY,))
     try:
         plans = plan_migration(
-            conn, target, may_create_table=may_create_table, with_watch=with_watch, only=only
+            conn,
+            target,
+            may_create_table=may_create_table,
+            with_watch=with_watch,
+            only=only,
+            order_by=order_by,
         )
 
         def resolve() -> Subject:
             return resolve_subject(
-                conn, target, may_create_table=may_create_table, with_watch=with_watch
+                conn,
+                target,
+                may_create_table=may_create_table,
+                with_watch=with_watch,
+                order_by=order_by,
             )
 
         for plan in plans:
@@ -151,7 +175,7 @@ def _carry_out(
             )
             time.sleep(delay_s)
             with _translated(f"planning migration step {plan.step} again"):
-                step = next(s for s in STEPS if s.name == plan.step)
+                step = next(s for s in (*STEPS, ORDER_INDEX) if s.name == plan.step)
                 plan = step.plan(conn, resolve())
             if not plan.batches:
                 return

@@ -20,7 +20,7 @@ from typing import Any, Literal
 import psycopg
 from psycopg import sql
 
-from backfill_quality.config import DEFAULT_TABLE, MAX_IDENTIFIER_BYTES, Target
+from backfill_quality.config import DEFAULT_TABLE, MAX_IDENTIFIER_BYTES, OrderBy, Target
 from backfill_quality.db.connection import _raw
 from backfill_quality.db.schema import SCORE_TYPES, _columns, _find_table, tables_named_elsewhere
 from backfill_quality.db.shards import SHARD_PLAN_TABLE
@@ -66,6 +66,8 @@ class Subject:
     schema: str
     table_oid: int | None
     with_watch: bool
+    order_by: OrderBy | None = None
+    """`migrate --order-by`: the order whose index step `order-index` creates."""
 
     @property
     def table(self) -> sql.Identifier:
@@ -113,7 +115,12 @@ def _one(conn: psycopg.Connection[Any], query: str, params: tuple[Any, ...]) -> 
 
 
 def resolve_subject(
-    conn: psycopg.Connection[Any], target: Target, *, may_create_table: bool, with_watch: bool
+    conn: psycopg.Connection[Any],
+    target: Target,
+    *,
+    may_create_table: bool,
+    with_watch: bool,
+    order_by: OrderBy | None = None,
 ) -> Subject:
     """The target's table as PostgreSQL resolves the name (an unqualified one through the
     search_path). Missing: ConfigError, unless `may_create_table` (no --table given) and no
@@ -127,7 +134,7 @@ def resolve_subject(
     if row is not None:
         if row[2] not in ("r", "p"):
             raise ConfigError(f"--table: {target.label} is not a table (a view or another kind)")
-        return Subject(target, str(row[1]), int(row[0]), with_watch)
+        return Subject(target, str(row[1]), int(row[0]), with_watch, order_by)
     if not may_create_table or target.schema or target.table != DEFAULT_TABLE:
         _find_table(conn, target, from_migrate=True)  # the ConfigError that names what exists
     elsewhere = tables_named_elsewhere(conn, target)
@@ -143,7 +150,7 @@ def resolve_subject(
             "--table: no schema of the search_path exists to create the demo's table in;"
             " create one or name the table with --table SCHEMA.TABLE"
         )
-    return Subject(target, str(schema), None, with_watch)
+    return Subject(target, str(schema), None, with_watch, order_by)
 
 
 # --- the steps ---------------------------------------------------------------------------------

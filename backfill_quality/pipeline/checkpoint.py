@@ -1,7 +1,9 @@
 """The JSON checkpoint: load, validate, fingerprint the target, save atomically; low-water mark.
 
 The file keeps the original script's camelCase keys (`jq '.failedImages'` still works) and adds
-`version`, `updatedAt`, `dryRun`, `fingerprint`, `target`, `shard`, `finished` and `skipped`.
+`version`, `updatedAt`, `dryRun`, `fingerprint`, `target`, `shard`, `finished` and `skipped`;
+`orderBy` keeps the composite cursor of a `--order-by` run (then `lastProcessedId` is the id of
+that cursor's row, not a bound on the ids done).
 No password ever reaches it: the database appears only as host:port/dbname, and credentials in
 image URLs are masked.
 """
@@ -17,9 +19,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
-from backfill_quality.config import RunSettings, Shard, Target
+from backfill_quality.config import OrderBy, RunSettings, Shard, Target
 from backfill_quality.errors import CheckpointError, CheckpointWriteError
-from backfill_quality.models import Outcome, RowId
+from backfill_quality.models import OrderCursor, Outcome, PageKey, RowId
 from backfill_quality.pipeline.target import target_tag
 from backfill_quality.redaction import redact
 
@@ -89,6 +91,24 @@ class Checkpoint:
     """The scores this run (and the runs it resumed) gave, by decile: 0-9, 10-19, … 90-100."""
     rescore: dict[str, int] | None = None
     """A rescore's rows by path (recomputed, revalidated, …: pipeline/rescore.py); None: a run."""
+    order_by: OrderBy | None = None
+    """The run's --order-by: a resumed run must take rows in the same order."""
+    order_type: str = ""
+    """The order column's type when the run started (the cursor value is cast back to it)."""
+    order_cursor: OrderCursor | None = None
+    """With --order-by: the low-water mark, as (value, id) of the last row of the done prefix."""
+
+    @property
+    def cursor(self) -> PageKey | None:
+        """Where the next page starts: the low-water mark as the page reader keys it."""
+        return self.order_cursor if self.order_by is not None else self.last_processed_id
+
+    @cursor.setter
+    def cursor(self, key: PageKey | None) -> None:
+        if isinstance(key, OrderCursor):
+            self.order_cursor, self.last_processed_id = key, key.id
+        else:
+            self.order_cursor, self.last_processed_id = None, key
 
     def record(self, outcome: Outcome, *, is_skipped: bool = False) -> None:
         """Count one finished row (is_skipped: someone else scored it between read and write)."""
@@ -161,7 +181,25 @@ class Checkpoint:
             "shard": self.shard,
             "detector": self.detector,
             "scoreHistogram": self.score_histogram,
+            "orderBy": self._order_json(),
         } | ({} if self.rescore is None else {"rescore": self.rescore})
+
+    def _order_json(self) -> dict[str, Any] | None:
+        if self.order_by is None:
+            return None
+        cursor = self.order_cursor
+        return {
+            "column": self.order_by.column,
+            "descending": self.order_by.descending,
+            "type": self.order_type,
+            "cursor": None
+            if cursor is None
+            else {
+                "phase": "nulls" if cursor.is_null else "values",
+                "value": cursor.value,
+                "id": cursor.id,
+            },
+        }
 
     @classmethod
     def from_json(cls, data: Any, *, path: Path) -> Checkpoint:
@@ -169,6 +207,7 @@ class Checkpoint:
         reader = _Reader(data, path)
         get = reader.get
         last_id = data["lastProcessedId"]
+        order_by, order_type, order_cursor = reader.order("orderBy")
         return cls(
             fingerprint=get("fingerprint", str),
             dry_run=get("dryRun", bool),
@@ -187,6 +226,9 @@ class Checkpoint:
             detector=get("detector", str) if "detector" in data else LEGACY_DETECTOR,
             score_histogram=reader.histogram("scoreHistogram"),
             rescore=reader.counts("rescore"),
+            order_by=order_by,
+            order_type=order_type,
+            order_cursor=order_cursor,
         )
 
 
@@ -195,7 +237,7 @@ _REQUIRED_KEYS = frozenset(
     | {"lastProcessedId", "estimatedTimeRemaining", "finished", "dryRun", "fingerprint"}
     | {"target", "shard", "failedImages"}
 )
-_OPTIONAL_KEYS = frozenset({"detector", "scoreHistogram", "rescore"})
+_OPTIONAL_KEYS = frozenset({"detector", "scoreHistogram", "rescore", "orderBy"})
 """Keys added since version 1, absent from the files older releases wrote."""
 _EXPECTED = {str: "a string", bool: "true or false", int: "an integer ≥ 0", list: "a list"}
 
@@ -265,6 +307,36 @@ class _Reader:
         if not isinstance(found, dict):
             self.fail(f"has {key} = {redact(repr(found))[:80]}, expected an object of counts")
         return {str(name): self.get(f"{key}.{name}", int, count) for name, count in found.items()}
+
+    def order(self, key: str) -> tuple[OrderBy | None, str, OrderCursor | None]:
+        """The --order-by and its cursor; absent from files older releases wrote: none."""
+        entry = self.data.get(key)
+        if entry is None:
+            return None, "", None
+        if not isinstance(entry, dict) or entry.keys() != {
+            "column",
+            "descending",
+            "type",
+            "cursor",
+        }:
+            self.fail(f"has {key} without exactly column, descending, type and cursor")
+        order_by = OrderBy(
+            self.get(f"{key}.column", str, entry["column"]),
+            self.get(f"{key}.descending", bool, entry["descending"]),
+        )
+        order_type: str = self.get(f"{key}.type", str, entry["type"])
+        cursor = entry["cursor"]
+        if cursor is None:
+            return order_by, order_type, None
+        if not isinstance(cursor, dict) or cursor.keys() != {"phase", "value", "id"}:
+            self.fail(f"has {key}.cursor without exactly phase, value and id")
+        phase = cursor["phase"]
+        is_null = phase == "nulls"
+        if phase not in ("values", "nulls") or is_null != (cursor["value"] is None):
+            self.fail(f"has {key}.cursor with phase {phase!r} and value {cursor['value']!r}")
+        value = None if is_null else self.get(f"{key}.cursor.value", str, cursor["value"])
+        row_id = self.get(f"{key}.cursor.id", RowId, cursor["id"])
+        return order_by, order_type, OrderCursor(value, row_id)
 
     def failed_images(self) -> list[FailedImage]:
         images = []

@@ -36,7 +36,15 @@ from backfill_quality import db
 from backfill_quality.config import RunSettings, Thresholds
 from backfill_quality.errors import DatabaseError, DecodeError, FetchError, ModelError
 from backfill_quality.fetching.fetcher import Fetched, ImageFetcher, Validators
-from backfill_quality.models import ImageRow, Outcome, RowId, RunSummary, ScoredImage
+from backfill_quality.models import (
+    ImageRow,
+    OrderCursor,
+    Outcome,
+    PageKey,
+    RowId,
+    RunSummary,
+    ScoredImage,
+)
 from backfill_quality.pipeline.checkpoint import Checkpoint, checkpoint_path_for, save_checkpoint
 from backfill_quality.pipeline.dbsession import DatabaseSession
 from backfill_quality.pipeline.progress import Reporter
@@ -181,12 +189,11 @@ class RescoreRunner(Runner):
         return self._summary(checkpoint, path)
 
     async def _read_page(
-        self,
-        session: DatabaseSession,
-        after_id: RowId | None,
-        id_range: db.IdRange | None,
+        self, session: DatabaseSession, after: PageKey | None, id_range: db.IdRange | None
     ) -> list[ImageRow]:
         assert self._selection is not None  # set by _prepare
+        assert not isinstance(after, OrderCursor)  # a rescore walks the key: no --order-by
+        after_id: RowId | None = after
         rows: list[db.StoredRow] = await session.call(
             db.fetch_rescore_page,
             self.settings.target,

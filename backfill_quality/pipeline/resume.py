@@ -10,7 +10,7 @@ from backfill_quality import db
 from backfill_quality.config import RunSettings
 from backfill_quality.errors import CheckpointError, ConfigError
 from backfill_quality.pipeline.checkpoint import Checkpoint, load_checkpoint, run_checkpoint_path
-from backfill_quality.pipeline.target import describe_target, make_fingerprint
+from backfill_quality.pipeline.target import describe_order, describe_target, make_fingerprint
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,12 +25,15 @@ class RunStart:
     notes: tuple[str, ...] = ()
     """What the user should know about the start (a replaced dry-run checkpoint)."""
     warnings: tuple[str, ...] = ()
-    """What may go wrong later (a dry run without the results table)."""
+    """What may go wrong later (a dry run without the results table, no index for the order)."""
+    order: db.PageOrder | None = None
+    """--order-by, checked: the order the pages are read in (None: key order)."""
 
 
 def prepare_run(conn: Any, s: RunSettings) -> RunStart:
     """Check the target, choose the checkpoint (new, resumed or refused), count the rows left."""
     id_type = db.check_target(conn, s.target)
+    order = db.check_order(conn, s.target, s.order_by) if s.order_by else None
     warnings: tuple[str, ...] = ()
     if not s.dry_run:
         db.require_results_table(conn, s.target)  # before the checkpoint: nothing to undo
@@ -41,25 +44,46 @@ def prepare_run(conn: Any, s: RunSettings) -> RunStart:
             "`backfill-quality migrate` has created it",
         )
     database = db.describe_database(conn)
-    fingerprint = make_fingerprint(database=database, target=s.target, shard=s.shard)
+    fingerprint = make_fingerprint(
+        database=database, target=s.target, shard=s.shard, order_by=s.order_by
+    )
     path = run_checkpoint_path(s)
-    description = describe_target(database=database, target=s.target, shard=s.shard)
+    description = describe_target(
+        database=database, target=s.target, shard=s.shard, order_by=s.order_by
+    )
     replaced = _replaced_dry_run(s, path)
     checkpoint = prepare_checkpoint(s, path, fingerprint, description)
-    mark = checkpoint.last_processed_id
+    id_range = db.key_range_for_shard(conn, s.target, id_type, s.shard) if s.shard else None
+    if order is not None:
+        _check_order_type(checkpoint, order, path)
+        if not db.has_order_index(conn, s.target, order, id_range):
+            warnings += (db.slow_order_warning(s.target, order),)
+    mark = checkpoint.cursor
     if checkpoint.failed_images:
         # rows that failed past the mark are met again: count them once, when they are
         ids = [f.id for f in checkpoint.failed_images]
         past = (
-            set(ids) if mark is None else db.ids_after(conn, s.target, ids, mark, id_type=id_type)
+            set(ids)
+            if mark is None
+            else db.ids_after(conn, s.target, ids, mark, id_type=id_type, order=order)
         )
         checkpoint.forget_failures(past)
-    id_range = db.key_range_for_shard(conn, s.target, id_type, s.shard) if s.shard else None
-    left = db.count_unscored(conn, s.target, after_id=mark, id_range=id_range)
+    left = db.count_unscored(conn, s.target, after_id=mark, id_range=id_range, order=order)
     checkpoint.total = checkpoint.processed + left  # every row left: --limit is shown apart
     checkpoint.finished = False
     notes = (replaced,) if replaced else ()
-    return RunStart(checkpoint, path, id_range, left, notes, warnings)
+    return RunStart(checkpoint, path, id_range, left, notes, warnings, order)
+
+
+def _check_order_type(checkpoint: Checkpoint, order: db.PageOrder, path: Path) -> None:
+    """Keep the order column's type with the checkpoint; refuse a cursor of another type."""
+    if checkpoint.order_type and checkpoint.order_type != order.sql_type:
+        raise CheckpointError(
+            f"checkpoint {path}: the --order-by column {order.column!r} had type "
+            f"{checkpoint.order_type} when the run started and has type {order.sql_type} now, "
+            "so its cursor cannot be trusted — use --restart to start over in the new order"
+        )
+    checkpoint.order_type = order.sql_type
 
 
 def _replaced_dry_run(settings: RunSettings, path: Path) -> str | None:
@@ -97,6 +121,7 @@ def _choose(settings: RunSettings, path: Path, fingerprint: str, description: st
         dry_run=settings.dry_run,
         shard=shard,
         detector=str(settings.detector),
+        order_by=settings.order_by,
     )
     if settings.restart:
         return fresh
@@ -114,6 +139,13 @@ def _choose(settings: RunSettings, path: Path, fingerprint: str, description: st
             )
         _check_same_run(existing, settings, path, fingerprint, description)
         return existing
+    if existing is not None and not existing.finished and existing.order_by != settings.order_by:
+        again = " ".join(existing.order_by.cli_options()) if existing.order_by else "no --order-by"
+        raise ConfigError(
+            f"an unfinished run's checkpoint in {describe_order(existing.order_by)} exists at "
+            f"{path}; this run asks for {describe_order(settings.order_by)}. Add --resume with "
+            f"{again} to continue it, or --restart to start over in the new order."
+        )
     if existing is not None and not existing.finished and existing.fingerprint != fingerprint:
         raise ConfigError(
             f"an unfinished run's checkpoint for another target exists at {path} "
@@ -152,7 +184,7 @@ def _for_retry(
     existing.processed -= retried
     existing.failed -= retried
     existing.failed_images = []
-    existing.last_processed_id = None
+    existing.cursor = None
     existing.finished = False
     return existing
 
@@ -160,6 +192,14 @@ def _for_retry(
 def _check_same_run(
     existing: Checkpoint, settings: RunSettings, path: Path, fingerprint: str, description: str
 ) -> None:
+    if existing.order_by != settings.order_by:
+        theirs, ours = existing.order_by, settings.order_by
+        again = " ".join(theirs.cli_options()) if theirs else "no --order-by"
+        raise CheckpointError(
+            f"checkpoint {path} was written by a run in {describe_order(theirs)}; this run asks"
+            f" for {describe_order(ours)}, and the checkpoint's cursor only means something in"
+            f" its own order — resume with {again}, or --restart to start over in the new order"
+        )
     check_resumable(
         existing,
         fingerprint=fingerprint,

@@ -24,7 +24,7 @@ from backfill_quality.errors import BackfillError, DecodeError, FetchError, Mode
 from backfill_quality.fetching.controller import LevelChange
 from backfill_quality.fetching.fetcher import ImageFetcher
 from backfill_quality.fetching.gate import Slots
-from backfill_quality.models import ImageRow, Outcome, RowId, RunSummary
+from backfill_quality.models import ImageRow, Outcome, PageKey, RowId, RunSummary
 from backfill_quality.pipeline.checkpoint import Checkpoint, run_checkpoint_path, save_checkpoint
 from backfill_quality.pipeline.dbsession import DatabaseSession
 from backfill_quality.pipeline.lowwater import LowWaterMark
@@ -104,6 +104,7 @@ class Runner:
         self._session: DatabaseSession | None = None
         self._eta = EtaEstimator()
         self._versions = Versions("", "")  # known once the scoring processes are warm
+        self._order: db.PageOrder | None = None  # --order-by, checked at the start
 
     def run(self) -> RunSummary:
         """Run to the end of the table, to --limit, or to a signal; returns the summary."""
@@ -183,7 +184,7 @@ class Runner:
     def _prepare(self, conn: Any) -> RunStart:
         """On the database thread: check the target, choose the checkpoint, count the rows."""
         start = prepare_run(conn, self.settings)
-        self._resumed_processed = start.checkpoint.processed
+        self._resumed_processed, self._order = start.checkpoint.processed, start.order
         return start
 
     def _finish_empty(self, checkpoint: Checkpoint, path: Path) -> RunSummary:
@@ -200,7 +201,7 @@ class Runner:
         id_range: db.IdRange | None,
     ) -> None:
         s = self.settings
-        state = _State(checkpoint=checkpoint, mark=LowWaterMark(checkpoint.last_processed_id))
+        state = _State(checkpoint=checkpoint, mark=LowWaterMark(checkpoint.cursor))
         self._state = state
         results: asyncio.Queue[tuple[Outcome, _Page]] = asyncio.Queue()
         writer = asyncio.create_task(self._write_loop(session, results, state, path))
@@ -223,7 +224,7 @@ class Runner:
         finally:
             writer.cancel()
             await asyncio.gather(writer, return_exceptions=True)
-        state.checkpoint.last_processed_id = state.mark.mark
+        state.checkpoint.cursor = state.mark.mark
         state.checkpoint.finished = (
             state.is_exhausted and self._interrupted is None and self._fatal is None
         )
@@ -243,7 +244,7 @@ class Runner:
         s = self.settings
         rows_in_flight = state.row_slots
         left = s.limit
-        cursor = state.checkpoint.last_processed_id
+        cursor = state.checkpoint.cursor
         next_read: asyncio.Task[list[ImageRow]] | None = asyncio.create_task(
             self._read_page(session, cursor, id_range)
         )
@@ -262,13 +263,13 @@ class Runner:
                 left -= len(rows)
             if not is_short_page and (left is None or left > 0):
                 next_read = asyncio.create_task(
-                    self._read_page(session, page_rows[-1].id, id_range)
+                    self._read_page(session, page_rows[-1].key, id_range)
                 )
             page = _Page()
             state.pages.append(page)
             for row in rows:
                 await rows_in_flight.acquire()
-                state.mark.issue(row.id)
+                state.mark.issue(row.key)
                 page.remaining += 1
                 task = asyncio.create_task(
                     self._process(row, fetcher, rows_in_flight, results, page)
@@ -283,17 +284,15 @@ class Runner:
         state.is_exhausted = is_short_page or left is None or left > 0
 
     async def _read_page(
-        self,
-        session: DatabaseSession,
-        after_id: RowId | None,
-        id_range: db.IdRange | None,
+        self, session: DatabaseSession, after: PageKey | None, id_range: db.IdRange | None
     ) -> list[ImageRow]:
         return await session.call(
             db.fetch_page,
             self.settings.target,
-            after_id=after_id,
+            after_id=after,
             limit=self.settings.batch_size,
             id_range=id_range,
+            order=self._order,
         )
 
     async def _process(
@@ -381,7 +380,7 @@ class Runner:
             if result is not None and result.error is not None:
                 outcome = Outcome(outcome.row, error=result.error, attempts=outcome.attempts)
             state.checkpoint.record(outcome, is_skipped=is_skipped)
-            state.mark.complete(outcome.row.id)
+            state.mark.complete(outcome.row.key)
             page.remaining -= 1
             self.reporter.row_done(outcome)
 
@@ -393,7 +392,7 @@ class Runner:
         if not has_advanced:
             return
         checkpoint = state.checkpoint
-        checkpoint.last_processed_id = state.mark.mark
+        checkpoint.cursor = state.mark.mark
         self._eta.record(checkpoint.processed - self._resumed_processed)
         checkpoint.estimated_time_remaining = self._eta.describe(
             checkpoint.total - checkpoint.processed
@@ -429,9 +428,8 @@ class Runner:
             return
         if self._issuer is not None:
             self._issuer.cancel()
-        if self._state is not None:
-            for task in list(self._state.tasks):
-                task.cancel()
+        for task in list(self._state.tasks):
+            task.cancel()
 
     def _on_signal(self, name: str) -> None:
         self._interrupted = name

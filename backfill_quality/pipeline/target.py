@@ -7,7 +7,7 @@ import json
 import re
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from backfill_quality.config import DEFAULT_SCORE_COLUMN, DEFAULT_TABLE, Shard, Target
+from backfill_quality.config import DEFAULT_SCORE_COLUMN, DEFAULT_TABLE, OrderBy, Shard, Target
 from backfill_quality.redaction import redact
 
 _CONNINFO_PAIR = re.compile(r"(\w+)\s*=\s*('(?:[^'\\]|\\.)*'|\S+)")
@@ -40,18 +40,30 @@ def database_identity(database: str) -> str:
     return f"{host}{':' if port else ''}{port}/{dbname}"
 
 
-def describe_target(*, database: str, target: Target, shard: Shard | None) -> str:
+def describe_target(
+    *, database: str, target: Target, shard: Shard | None, order_by: OrderBy | None = None
+) -> str:
     """A readable, secret-free description, e.g. 'db:5432/app images(id,url→quality_score)';
-    the table as SQL names it (`media.photos`, `"My Schema"."photos.v2"`)."""
+    the table as SQL names it (`media.photos`, `"My Schema"."photos.v2"`); then the shard and
+    the --order-by, when given."""
     text = (
         f"{database_identity(database)} "
         f"{target.label}({target.id_column},{target.url_column}→{target.score_column})"
     )
-    return f"{text} shard {shard}" if shard else text
+    text = f"{text} shard {shard}" if shard else text
+    return f"{text} {describe_order(order_by)}" if order_by else text
 
 
-def make_fingerprint(*, database: str, target: Target, shard: Shard | None) -> str:
-    """A stable hash of the database identity, table, columns and shard (sha256 hex, 16 chars)."""
+def describe_order(order_by: OrderBy | None) -> str:
+    """'order by created_at descending', or 'no --order-by (key order)'."""
+    return f"order by {order_by}" if order_by else "no --order-by (key order)"
+
+
+def make_fingerprint(
+    *, database: str, target: Target, shard: Shard | None, order_by: OrderBy | None = None
+) -> str:
+    """A stable hash of the database identity, table, columns, shard and --order-by (sha256
+    hex, 16 chars); without --order-by the same as before the option existed."""
     identity = {
         "database": database_identity(database),
         "schema": target.schema,
@@ -61,6 +73,8 @@ def make_fingerprint(*, database: str, target: Target, shard: Shard | None) -> s
         "score": target.score_column,
         "shard": str(shard) if shard else None,
     }
+    if order_by is not None:
+        identity["order"] = f"{order_by.column} {'desc' if order_by.descending else 'asc'}"
     payload = json.dumps(identity, sort_keys=True, ensure_ascii=False).encode()
     return hashlib.sha256(payload).hexdigest()[:16]
 
