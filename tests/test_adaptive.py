@@ -12,6 +12,8 @@ import statistics
 import time
 from pathlib import Path
 
+import pytest
+
 from backfill_quality.config import DetectorChoice, FetchSettings
 from backfill_quality.demo.imageserver import ImageServer, Served
 from backfill_quality.demo.synthetic import make_bird_image
@@ -30,6 +32,7 @@ def add_bird(server: ImageServer) -> None:
     server.add("/img/bird.jpg", make_bird_image(seed=3, width=320, height=240))
 
 
+@pytest.mark.slow  # about 50 s: 420 rows at 20 requests/s, with the 429s and the backing off
 def test_a_host_limiting_requests_per_second_is_kept_under_its_limit(
     database_url: str, tmp_path: Path, image_server: ImageServer
 ) -> None:
