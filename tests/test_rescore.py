@@ -421,6 +421,13 @@ def test_two_shards_of_a_rescore_cover_every_stale_row_exactly_once(
     assert {r["scorerVersion"] for r in table.results().values()} == {STRICTER_NOW.scorer}
     checkpoints = sorted(p.name for p in tmp_path.glob(".backfill-progress.rescore*.json"))
     assert len(checkpoints) == 2 and all("shard" in name for name in checkpoints), checkpoints
+    status = run_cli(
+        "status", *table.cli_options(), "--json", cwd=tmp_path, database_url=database_url
+    )
+    [group] = json.loads(status.stdout)["shards"]  # the two shards of one rescore, together
+    assert (group["count"], group["present"], group["missing"]) == (2, [0, 1], [])
+    assert (group["kind"], group["processed"], group["finished"]) == ("rescore", 10, 2)
+    assert "rescore of" in group["target"] and "shard" not in group["target"]
     again = cli("rescore", table, tmp_path, *HEURISTIC, *STRICTER, "--shard", "1/2")
     assert again.exit_code == 0, again.output
     assert summary_of(again)["processed"] == 0

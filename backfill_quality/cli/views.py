@@ -16,11 +16,13 @@ from backfill_quality.cli.trend_view import print_trend
 from backfill_quality.models import Analysis
 from backfill_quality.pipeline.progress import format_duration
 from backfill_quality.pipeline.status import (
+    RESCORE,
     SHARD_SUFFIX,
     CheckpointInfo,
     ShardGroup,
     StatusReport,
     TableStats,
+    checkpoint_kind,
 )
 from backfill_quality.redaction import redact
 from backfill_quality.scoring.checks import CHECKS
@@ -135,14 +137,20 @@ def _print_checkpoint(info: CheckpointInfo, out: Console) -> None:
         return
     state = "finished" if cp.finished else "unfinished (continue with --resume)"
     pct = f"{info.percent:.1f}%" if info.percent is not None else "-"
-    kind = " dry run" if cp.dry_run else ""
+    is_rescore = checkpoint_kind(cp) == RESCORE
+    kind = (" rescore" if is_rescore else "") + (" dry run" if cp.dry_run else "")
     shard = f" shard {cp.shard}" if cp.shard else ""
     eta = "-" if cp.finished else (cp.estimated_time_remaining or "-")
     target = f" [dim]({escape(redact(SHARD_SUFFIX.sub('', cp.target)))})[/dim]" if cp.target else ""
+    if is_rescore:  # a row a rescore could not refresh still has its old score
+        kept = " (old scores kept)" if cp.failed else ""
+        outcome = f"rescored {cp.succeeded:,}, could not be rescored {cp.failed:,}{kept}"
+    else:
+        outcome = f"succeeded {cp.succeeded:,}, failed {cp.failed:,}"
     out.print(
         f"[bold]{name}[/bold]{target}{kind}{shard}: {state}; processed "
-        f"{cp.processed:,}/{cp.total:,} ({pct}), succeeded {cp.succeeded:,}, failed "
-        f"{cp.failed:,}, ETA {eta}, last id {escape(str(cp.last_processed_id))}, "
+        f"{cp.processed:,}/{cp.total:,} ({pct}), {outcome}, ETA {eta}, "
+        f"last id {escape(str(cp.last_processed_id))}, "
         f"updated {_age(info.updated_at)}"
     )
 
@@ -156,10 +164,12 @@ def _print_shard_group(group: ShardGroup, out: Console) -> None:
         else ""
     )
     target = f" of {escape(redact(group.target))}" if group.target else ""
+    failed = "could not be rescored" if group.kind == RESCORE else "failed"
     out.print(
         f"[bold]All {group.count} shards{kind}[/bold]{target}: {group.finished}/{group.count} "
         "finished, "
-        f"processed {group.processed:,}/{group.total:,} ({pct}), failed {group.failed:,}{missing}"
+        f"processed {group.processed:,}/{group.total:,} ({pct}), {failed} {group.failed:,}"
+        f"{missing}"
     )
 
 
