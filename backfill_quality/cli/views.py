@@ -14,6 +14,7 @@ from rich.table import Table
 from backfill_quality.cli.summary import DECILE_LABELS, bar
 from backfill_quality.cli.trend_view import print_trend
 from backfill_quality.models import Analysis
+from backfill_quality.pipeline.checkpoint import Checkpoint
 from backfill_quality.pipeline.progress import format_duration
 from backfill_quality.pipeline.status import (
     RESCORE,
@@ -149,10 +150,25 @@ def _print_checkpoint(info: CheckpointInfo, out: Console) -> None:
         outcome = f"succeeded {cp.succeeded:,}, failed {cp.failed:,}"
     out.print(
         f"[bold]{name}[/bold]{target}{kind}{shard}: {state}; processed "
-        f"{cp.processed:,}/{cp.total:,} ({pct}), {outcome}, ETA {eta}, "
-        f"last id {escape(str(cp.last_processed_id))}, "
+        f"{cp.processed:,}/{cp.total:,} ({pct}), {outcome}, ETA {eta}, {_place(cp)}, "
         f"updated {_age(info.updated_at)}"
     )
+
+
+def _place(cp: Checkpoint) -> str:
+    """Where the checkpoint's mark is: the last id, or with --order-by the order and its cursor
+    ("cursor at created_at = 2024-05-01T00:00:00+00:00, id 42", or in the NULLs phase)."""
+    if cp.order_by is None:
+        return f"last id {escape(str(cp.last_processed_id))}"
+    column = escape(cp.order_by.column)
+    cursor = cp.order_cursor
+    if cursor is None:
+        where = "not started"
+    elif cursor.is_null:
+        where = f"cursor in the NULLs of {column}, id {escape(str(cursor.id))}"
+    else:
+        where = f"cursor at {column} = {escape(str(cursor.value))}, id {escape(str(cursor.id))}"
+    return f"order by {escape(str(cp.order_by))}, {where}"
 
 
 def _print_shard_group(group: ShardGroup, out: Console) -> None:
