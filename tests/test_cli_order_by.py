@@ -7,6 +7,7 @@ download and one scoring process at a time, rows are written in the order they w
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 from collections.abc import Sequence
@@ -197,6 +198,36 @@ def test_sigint_then_resume_continues_at_the_composite_cursor(
 
     assert again.exit_code == 0, again.output
     assert write_order(table)[len(written) :] == [str(before)]
+
+
+def test_status_shows_the_order_and_where_its_cursor_is(database_url: str, tmp_path: Path) -> None:
+    with ImageServer() as server:
+        table = ranked_table(database_url, server)
+        expected = expected_order(table, descending=True)
+        limited = run(tmp_path, table, "--order-by", "rank", "--descending", "--limit", "4")
+        assert limited.exit_code == 0, limited.output
+        cursor = read_checkpoint(tmp_path / CHECKPOINT)["orderBy"]["cursor"]
+        assert cursor == {"phase": "values", "value": "3", "id": expected[3]}
+
+        text = run_cli("status", *table.cli_options(), cwd=tmp_path, database_url=database_url)
+
+        assert text.exit_code == 0, text.output
+        out = " ".join(text.stdout.split())
+        assert f"order by rank descending, cursor at rank = 3, id {expected[3]}" in out, out
+        # the report reads the checkpoint of a run in an order too (its last run, its failures)
+        report = run_cli(
+            "report", *table.cli_options(), "--no-thumbnails", "--json",
+            cwd=tmp_path, database_url=database_url,
+        )  # fmt: skip
+        assert report.exit_code == 0, report.output
+        figures = json.loads(report.stdout)
+        assert figures["failed"] == 0 and figures["lastRun"]["processed"] == 4, figures
+
+        resumed = run(tmp_path, table, "--order-by", "rank", "--descending", "--resume")
+    assert resumed.exit_code == 0, resumed.output
+    after = run_cli("status", *table.cli_options(), cwd=tmp_path, database_url=database_url)
+    out = " ".join(after.stdout.split())
+    assert f"order by rank descending, cursor in the NULLs of rank, id {expected[-1]}" in out, out
 
 
 def ranks_by_key(table: UserTable) -> dict[RowKey, int | None]:

@@ -33,6 +33,8 @@ def test_demo_scores_every_good_row_and_lists_the_broken_ones(tmp_path: Path) ->
     # it ends by writing the review report and naming it
     report = workdir / "quality-report.html"
     assert result.stderr.rstrip().endswith(f"Open the review report in a browser: {report}")
+    assert result.output.count(str(report)) == 1, result.output  # one line names it, not two
+    assert "Report written" not in result.output
     page = report.read_text(encoding="utf-8")
     assert '<span class="num" id="n-scored">118</span>' in page
     assert '<span class="num" id="n-failed">2</span>' in page

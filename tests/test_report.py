@@ -9,6 +9,7 @@ import signal
 from html.parser import HTMLParser
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from backfill_quality import db
@@ -296,3 +297,65 @@ def test_watch_with_report_writes_it_when_it_stops(
     assert code == 143, events
     assert any(e.get("event") == "report" and e["path"] == str(out.resolve()) for e in events)
     assert '<span class="num" id="n-scored">2</span>' in out.read_text(encoding="utf-8")
+
+
+def test_rows_a_rescore_could_not_refresh_keep_their_score_and_are_listed_apart(
+    database_url: str, tmp_path: Path, image_server: ImageServer
+) -> None:
+    table = UserTable(database_url).create()
+    table.insert([*serve_valid_images(image_server, 3), image_server.url("/status/404")])
+    heuristic = ("--detector", "heuristic")
+    options = (*table.cli_options(), *FAST, *heuristic)
+    ran = run_cli("run", *options, cwd=tmp_path, database_url=database_url)
+    assert ran.exit_code == 3, ran.output  # the 404 row stays NULL
+    # a scored row whose image is gone since, and whose result is stale: a rescore must download
+    # it, fails, and keeps its old score
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        row_id, old_score = conn.execute(
+            "SELECT id::text, quality_score FROM images WHERE quality_score IS NOT NULL"
+            " ORDER BY id LIMIT 1"
+        ).fetchone() or ("", 0)
+        conn.execute(
+            "UPDATE images SET url = %s WHERE id::text = %s", [image_server.url("/x/404"), row_id]
+        )
+        conn.execute(
+            "UPDATE images_quality_results SET scorer_version = 'old',"
+            " measurement_version = 'old' WHERE image_id::text = %s",
+            [row_id],
+        )
+    rescored = run_cli("rescore", *options, cwd=tmp_path, database_url=database_url)
+    assert rescored.exit_code == 3, rescored.output
+    assert {str(k): v for k, v in table.scores().items()}[row_id] == old_score
+
+    out = tmp_path / "after-rescore.html"
+    result = run_cli(
+        "report", *table.cli_options(), "--out", str(out), "--no-thumbnails", "--json",
+        cwd=tmp_path, database_url=database_url,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    figures = json.loads(result.stdout)
+    assert (figures["left"], figures["failed"]) == (1, 1)  # only the row without a score
+    assert figures["failedByReason"] == {"HTTP 404": 1}
+    assert figures["rescoreFailed"] == 1
+    assert figures["rescoreFailedByReason"] == {"HTTP 404": 1}
+    assert figures["lastRun"]["kind"] == "rescore" and figures["lastRun"]["processed"] == 1
+    page = out.read_text(encoding="utf-8")
+    check_page(page)
+    assert '<span class="num" id="n-failed">1</span>' in page
+    assert '<p id="last-run">Last rescore: started' in page
+    failed_rows = page.split('id="h-failed"')[1]
+    could_not_score, could_not_rescore = failed_rows.split('id="h-rescore-failed"')
+    assert row_id not in could_not_score
+    assert row_id in could_not_rescore and "old score kept" in could_not_rescore
+
+    status = run_cli(
+        "status", *table.cli_options(), "--json", cwd=tmp_path, database_url=database_url
+    )
+    kinds = sorted(c["kind"] for c in json.loads(status.stdout)["checkpoints"])
+    assert kinds == ["rescore", "run"]
+    text = run_cli("status", *table.cli_options(), cwd=tmp_path, database_url=database_url)
+    out_text = " ".join(text.stdout.split())
+    assert "rescore: finished; processed 1/1 (100.0%), rescored 0, could not be rescored 1" in (
+        out_text
+    ), out_text
+    assert "(old scores kept)" in out_text

@@ -28,7 +28,7 @@ from backfill_quality.scoring.checks import evaluate
 from backfill_quality.scoring.version import versions
 from tests.support.cli import cli_env, json_lines, read_checkpoint, run_cli
 from tests.support.results import a_result
-from tests.support.table import IdType, UserTable, sample_images
+from tests.support.table import IdType, UserTable, apply_migrations, sample_images
 
 QUICK = ("--retries", "0", "--timeout", "10", "--json")
 FAST = ("--concurrency", "4", *QUICK)
@@ -354,6 +354,83 @@ def test_a_rescore_interrupted_and_resumed_rescores_every_row_exactly_once(
     assert read_checkpoint(checkpoint)["finished"] is True
     assert summary_of(resumed)["processed"] == 24
     assert run_checkpoint != checkpoint and run_checkpoint.read_bytes() == run_saved
+
+
+def test_a_rescore_all_killed_after_writes_past_its_checkpoint_resumes_without_rewriting_them(
+    database_url: str, tmp_path: Path
+) -> None:
+    """SIGKILL `rescore --all` once rows past its last checkpoint save are written: --resume
+    must not take them again (with --all the version guard alone would let them through)."""
+    with ImageServer(latency_ms=150) as server:
+        urls = serve(server, [f"img{i}.jpg" for i in range(24)])
+        table = scored_table(database_url, urls, tmp_path).install_audit()
+        args = [sys.executable, "-m", "backfill_quality", "rescore", *table.cli_options(), *QUICK]
+        process = subprocess.Popen(
+            [*args, "--all", "--concurrency", "1", "--batch-size", "8"],
+            cwd=tmp_path,
+            env=cli_env(database_url),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 120
+        saved = 0
+        while time.monotonic() < deadline and process.poll() is None:
+            paths = list(tmp_path.glob(".backfill-progress.rescore*.json"))
+            saved = read_checkpoint(paths[0]).get("processed", 0) if paths else 0
+            if saved >= 8 and sum(table.audit_writes().values()) >= saved + 2:
+                break
+            time.sleep(0.02)
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
+        [path] = list(tmp_path.glob(".backfill-progress.rescore*.json"))
+        killed = read_checkpoint(path)
+        written_before = table.audit_writes()
+        assert not killed["finished"]
+        assert sum(written_before.values()) > killed["processed"]  # rows past the mark
+        assert set(written_before.values()) == {1}
+
+        resumed = cli("rescore", table, tmp_path, "--all", "--resume")
+
+    assert resumed.exit_code == 0, resumed.output
+    writes = table.audit_writes()
+    assert set(writes) == {str(key) for key in table.scores()}
+    assert set(writes.values()) == {1}, writes  # every row rewritten exactly once
+    assert {r["scorerVersion"] for r in table.results().values()} == {LEARNED_NOW.scorer}
+    assert read_checkpoint(path)["finished"] is True
+
+
+@pytest.mark.parametrize("is_all", [False, True])
+def test_two_shards_of_a_rescore_cover_every_stale_row_exactly_once(
+    database_url: str, tmp_path: Path, image_server: ImageServer, is_all: bool
+) -> None:
+    urls = serve(image_server, [f"img{i}.jpg" for i in range(10)])
+    table = scored_table(database_url, urls, tmp_path).install_audit()
+    apply_migrations(database_url, table.target, with_watch=False)  # the shard plan's table
+    every = ("--all",) if is_all else ()
+    shards = [
+        cli("rescore", table, tmp_path, *HEURISTIC, *STRICTER, *every, "--shard", f"{k}/2")
+        for k in range(2)
+    ]
+    for shard in shards:
+        assert shard.exit_code == 0, shard.output
+    processed = [summary_of(shard)["processed"] for shard in shards]
+    assert all(n > 0 for n in processed) and sum(processed) == 10, processed
+    writes = table.audit_writes()
+    assert set(writes) == {str(key) for key in table.scores()}
+    assert set(writes.values()) == {1}, writes
+    assert {r["scorerVersion"] for r in table.results().values()} == {STRICTER_NOW.scorer}
+    checkpoints = sorted(p.name for p in tmp_path.glob(".backfill-progress.rescore*.json"))
+    assert len(checkpoints) == 2 and all("shard" in name for name in checkpoints), checkpoints
+    status = run_cli(
+        "status", *table.cli_options(), "--json", cwd=tmp_path, database_url=database_url
+    )
+    [group] = json.loads(status.stdout)["shards"]  # the two shards of one rescore, together
+    assert (group["count"], group["present"], group["missing"]) == (2, [0, 1], [])
+    assert (group["kind"], group["processed"], group["finished"]) == ("rescore", 10, 2)
+    assert "rescore of" in group["target"] and "shard" not in group["target"]
+    again = cli("rescore", table, tmp_path, *HEURISTIC, *STRICTER, "--shard", "1/2")
+    assert again.exit_code == 0, again.output
+    assert summary_of(again)["processed"] == 0
 
 
 def test_rescore_takes_the_runs_lock(database_url: str, tmp_path: Path) -> None:

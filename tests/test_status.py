@@ -110,6 +110,7 @@ def test_every_shard_dry_run_and_broken_checkpoint_is_listed(
     assert report["shards"] == [
         {
             "target": "",
+            "kind": "run",
             "count": 3,
             "dryRun": False,
             "present": [0, 2],

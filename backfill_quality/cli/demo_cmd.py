@@ -64,6 +64,7 @@ def demo(
         from backfill_quality.pipeline.runner import Runner
         from backfill_quality.pipeline.status import StatusReport, find_checkpoints, table_stats
 
+        written: str | None = None  # the report's path; stays None when interrupted
         with (
             demo_folder(workdir) as folder,
             embedded_database(folder, keep=workdir is not None) as url,
@@ -88,7 +89,12 @@ def demo(
                     workdir / "quality-report.html" if workdir else Path(DEMO_REPORT_NAME)
                 )
                 written = report_at_end(
-                    out, database_url=url, target=Target(), checkpoint=checkpoint, as_json=as_json
+                    out,
+                    database_url=url,
+                    target=Target(),
+                    checkpoint=checkpoint,
+                    as_json=as_json,
+                    says_where=False,  # the demo's last line names it, saying what to do
                 )
         if not (quiet or as_json):
             typer.echo(
@@ -98,8 +104,8 @@ def demo(
                 "for a production run.",
                 err=True,
             )
-            if written is not None:
-                typer.echo(f"Open the review report in a browser: {written}", err=True)
+        if written is not None and not as_json:
+            typer.echo(f"Open the review report in a browser: {written}", err=True)
     code = exit_code_for(summary)
     if summary.interrupted:
         raise typer.Exit(code)

@@ -128,10 +128,11 @@ def report_at_end(
     checkpoint: Path,
     deny_private_networks: bool = False,
     as_json: bool = False,
+    says_where: bool = True,
 ) -> str | None:
     """`run --report`, `watch --report`, the demo: write the report, say where (a JSON event with
-    --json), or why not; its absolute path, None when it could not be written (the work before
-    it stands)."""
+    --json; no line without it when `says_where` is False: the caller names it), or why not; its
+    absolute path, None when it could not be written (the work before it stands)."""
     from backfill_quality.errors import BackfillError
 
     try:
@@ -149,7 +150,7 @@ def report_at_end(
     if as_json:
         event = {"event": "report", "ts": datetime.now(UTC).isoformat(), "path": path}
         print(json.dumps(event | {"bytes": figures["bytes"]}), file=sys.stderr)
-    else:
+    elif says_where:
         print(f"Report written: {path}", file=sys.stderr)
     return path
 

@@ -14,13 +14,16 @@ from rich.table import Table
 from backfill_quality.cli.summary import DECILE_LABELS, bar
 from backfill_quality.cli.trend_view import print_trend
 from backfill_quality.models import Analysis
+from backfill_quality.pipeline.checkpoint import Checkpoint
 from backfill_quality.pipeline.progress import format_duration
 from backfill_quality.pipeline.status import (
+    RESCORE,
     SHARD_SUFFIX,
     CheckpointInfo,
     ShardGroup,
     StatusReport,
     TableStats,
+    checkpoint_kind,
 )
 from backfill_quality.redaction import redact
 from backfill_quality.scoring.checks import CHECKS
@@ -135,16 +138,37 @@ def _print_checkpoint(info: CheckpointInfo, out: Console) -> None:
         return
     state = "finished" if cp.finished else "unfinished (continue with --resume)"
     pct = f"{info.percent:.1f}%" if info.percent is not None else "-"
-    kind = " dry run" if cp.dry_run else ""
+    is_rescore = checkpoint_kind(cp) == RESCORE
+    kind = (" rescore" if is_rescore else "") + (" dry run" if cp.dry_run else "")
     shard = f" shard {cp.shard}" if cp.shard else ""
     eta = "-" if cp.finished else (cp.estimated_time_remaining or "-")
     target = f" [dim]({escape(redact(SHARD_SUFFIX.sub('', cp.target)))})[/dim]" if cp.target else ""
+    if is_rescore:  # a row a rescore could not refresh still has its old score
+        kept = " (old scores kept)" if cp.failed else ""
+        outcome = f"rescored {cp.succeeded:,}, could not be rescored {cp.failed:,}{kept}"
+    else:
+        outcome = f"succeeded {cp.succeeded:,}, failed {cp.failed:,}"
     out.print(
         f"[bold]{name}[/bold]{target}{kind}{shard}: {state}; processed "
-        f"{cp.processed:,}/{cp.total:,} ({pct}), succeeded {cp.succeeded:,}, failed "
-        f"{cp.failed:,}, ETA {eta}, last id {escape(str(cp.last_processed_id))}, "
+        f"{cp.processed:,}/{cp.total:,} ({pct}), {outcome}, ETA {eta}, {_place(cp)}, "
         f"updated {_age(info.updated_at)}"
     )
+
+
+def _place(cp: Checkpoint) -> str:
+    """Where the checkpoint's mark is: the last id, or with --order-by the order and its cursor
+    ("cursor at created_at = 2024-05-01T00:00:00+00:00, id 42", or in the NULLs phase)."""
+    if cp.order_by is None:
+        return f"last id {escape(str(cp.last_processed_id))}"
+    column = escape(cp.order_by.column)
+    cursor = cp.order_cursor
+    if cursor is None:
+        where = "not started"
+    elif cursor.is_null:
+        where = f"cursor in the NULLs of {column}, id {escape(str(cursor.id))}"
+    else:
+        where = f"cursor at {column} = {escape(str(cursor.value))}, id {escape(str(cursor.id))}"
+    return f"order by {escape(str(cp.order_by))}, {where}"
 
 
 def _print_shard_group(group: ShardGroup, out: Console) -> None:
@@ -156,10 +180,12 @@ def _print_shard_group(group: ShardGroup, out: Console) -> None:
         else ""
     )
     target = f" of {escape(redact(group.target))}" if group.target else ""
+    failed = "could not be rescored" if group.kind == RESCORE else "failed"
     out.print(
         f"[bold]All {group.count} shards{kind}[/bold]{target}: {group.finished}/{group.count} "
         "finished, "
-        f"processed {group.processed:,}/{group.total:,} ({pct}), failed {group.failed:,}{missing}"
+        f"processed {group.processed:,}/{group.total:,} ({pct}), {failed} {group.failed:,}"
+        f"{missing}"
     )
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import psycopg
@@ -45,6 +46,9 @@ class Selection:
     measurement_version: str
     is_all: bool = False
     where: str | None = None
+    started_at: datetime | None = None
+    """When the rescore started (database clock): rows whose result was written since are
+    left out, so a resumed rescore never takes a row it already rewrote."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +91,9 @@ def _filter(
     if not selection.is_all:
         params.append(selection.scorer_version)
         parts.append(sql.SQL(f"r.scorer_version IS DISTINCT FROM ${len(params)}"))
+    if selection.started_at is not None:
+        params.append(selection.started_at)
+        parts.append(sql.SQL(f"(r.scored_at IS NULL OR r.scored_at < ${len(params)})"))
     lo, hi = id_range if id_range is not None else (None, None)
     for operator, value in ((">", after_id), (">=", lo), ("<", hi)):
         if value is not None:
@@ -102,6 +109,15 @@ def _filter(
         key=key,
         w=sql.SQL(" AND ").join(parts),
     ), params
+
+
+def database_now(conn: psycopg.Connection[Any]) -> datetime:
+    """The database's clock (the one `scored_at` is written with)."""
+    with _translated("reading the database's clock"):
+        row = _raw(conn, sql.SQL("SELECT clock_timestamp()"), []).fetchone()
+    assert row is not None
+    moment: datetime = row[0]
+    return moment
 
 
 def check_where(conn: psycopg.Connection[Any], target: Target, selection: Selection) -> None:

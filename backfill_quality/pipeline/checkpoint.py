@@ -91,6 +91,9 @@ class Checkpoint:
     """The scores this run (and the runs it resumed) gave, by decile: 0-9, 10-19, … 90-100."""
     rescore: dict[str, int] | None = None
     """A rescore's rows by path (recomputed, revalidated, …: pipeline/rescore.py); None: a run."""
+    rescore_started_at: datetime | None = None
+    """When the rescore started, by the database's clock: it never takes a row whose result was
+    written at or after it (a resumed rescore would otherwise rewrite rows past its mark)."""
     order_by: OrderBy | None = None
     """The run's --order-by: a resumed run must take rows in the same order."""
     order_type: str = ""
@@ -182,7 +185,16 @@ class Checkpoint:
             "detector": self.detector,
             "scoreHistogram": self.score_histogram,
             "orderBy": self._order_json(),
-        } | ({} if self.rescore is None else {"rescore": self.rescore})
+        } | self._rescore_json()
+
+    def _rescore_json(self) -> dict[str, Any]:
+        if self.rescore is None:
+            return {}
+        started = self.rescore_started_at
+        return {
+            "rescore": self.rescore,
+            "rescoreStartedAt": None if started is None else started.isoformat(),
+        }
 
     def _order_json(self) -> dict[str, Any] | None:
         if self.order_by is None:
@@ -226,6 +238,7 @@ class Checkpoint:
             detector=get("detector", str) if "detector" in data else LEGACY_DETECTOR,
             score_histogram=reader.histogram("scoreHistogram"),
             rescore=reader.counts("rescore"),
+            rescore_started_at=reader.optional_time("rescoreStartedAt"),
             order_by=order_by,
             order_type=order_type,
             order_cursor=order_cursor,
@@ -237,7 +250,7 @@ _REQUIRED_KEYS = frozenset(
     | {"lastProcessedId", "estimatedTimeRemaining", "finished", "dryRun", "fingerprint"}
     | {"target", "shard", "failedImages"}
 )
-_OPTIONAL_KEYS = frozenset({"detector", "scoreHistogram", "rescore", "orderBy"})
+_OPTIONAL_KEYS = frozenset({"detector", "scoreHistogram", "rescore", "rescoreStartedAt", "orderBy"})
 """Keys added since version 1, absent from the files older releases wrote."""
 _EXPECTED = {str: "a string", bool: "true or false", int: "an integer ≥ 0", list: "a list"}
 
@@ -289,6 +302,10 @@ class _Reader:
         except ValueError:
             self.fail(f"has {key} = {raw[:40]!r}, expected an ISO 8601 time")
         return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+    def optional_time(self, key: str) -> datetime | None:
+        """An ISO 8601 time kept to the microsecond, None when absent or null."""
+        return None if self.data.get(key) is None else self.time(key)
 
     def histogram(self, key: str) -> list[int]:
         """Ten counts (deciles); absent from files older releases wrote: zeros then."""

@@ -112,8 +112,11 @@ def _fingerprint(database: str, s: RunSettings, selection: db.Selection) -> str:
     return hashlib.sha256(payload).hexdigest()[:16]
 
 
-def prepare_rescore(conn: Any, s: RunSettings, selection: db.Selection) -> RunStart:
-    """Check the target, its results table and --where; choose the checkpoint; count the rows."""
+def prepare_rescore(
+    conn: Any, s: RunSettings, selection: db.Selection
+) -> tuple[RunStart, db.Selection]:
+    """Check the target, its results table and --where; choose the checkpoint; count the rows.
+    The selection comes back with the rescore's start (kept in the checkpoint for a resume)."""
     id_type = db.check_target(conn, s.target)
     db.require_results_table(conn, s.target)  # read even by a dry run
     db.check_where(conn, s.target, selection)
@@ -129,6 +132,9 @@ def prepare_rescore(conn: Any, s: RunSettings, selection: db.Selection) -> RunSt
     checkpoint = prepare_checkpoint(s, path, fingerprint, description)
     paths = DRY_RUN_PATHS if s.dry_run else PATHS
     checkpoint.rescore = {name: (checkpoint.rescore or {}).get(name, 0) for name in paths}
+    if checkpoint.rescore_started_at is None:
+        checkpoint.rescore_started_at = db.database_now(conn)
+    selection = dataclasses.replace(selection, started_at=checkpoint.rescore_started_at)
     mark = checkpoint.last_processed_id
     if checkpoint.failed_images:
         ids = [f.id for f in checkpoint.failed_images]
@@ -141,7 +147,7 @@ def prepare_rescore(conn: Any, s: RunSettings, selection: db.Selection) -> RunSt
     left = db.count_to_rescore(conn, s.target, selection, after_id=mark, id_range=id_range)
     checkpoint.total = checkpoint.processed + left
     checkpoint.finished = False
-    return RunStart(checkpoint, path, id_range, left)
+    return RunStart(checkpoint, path, id_range, left), selection
 
 
 class RescoreRunner(Runner):
@@ -178,7 +184,7 @@ class RescoreRunner(Runner):
             is_all=self._options.is_all,
             where=self._options.where,
         )
-        start = prepare_rescore(conn, s, self._selection)
+        start, self._selection = prepare_rescore(conn, s, self._selection)
         self._resumed_processed = start.checkpoint.processed
         return start
 

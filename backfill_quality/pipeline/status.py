@@ -27,8 +27,16 @@ from backfill_quality.redaction import redact
 
 CATEGORY_DECILES = {"high": range(8, 10), "medium": range(6, 8), "low": range(0, 6)}
 _SHARD = re.compile(r"^(\d+)/(\d+)$")
-SHARD_SUFFIX = re.compile(r" shard \d+/\d+$")
-"""The end of a shard checkpoint's `target`: what its shards' descriptions do not share."""
+SHARD_SUFFIX = re.compile(r" shard \d+/\d+(?= order by | rescore of |$)")
+"""The shard in a checkpoint's `target` (at its end, or before its order or its rescore part):
+what its shards' descriptions do not share."""
+RUN, RESCORE = "run", "rescore"
+
+
+def checkpoint_kind(checkpoint: Checkpoint) -> str:
+    """`rescore` for a rescore's checkpoint (its failed rows keep their old score), else `run`
+    (a run's or a watch's: its failed rows have no score)."""
+    return RESCORE if checkpoint.rescore is not None else RUN
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +95,8 @@ class ShardGroup:
 
     target: str
     """The target without its shard, as the checkpoints describe it (database table(columns))."""
+    kind: str
+    """`run` or `rescore` (`checkpoint_kind`): a run's and a rescore's shards are not summed."""
     count: int
     dry_run: bool
     present: list[int]
@@ -155,17 +165,19 @@ def _modified_at(path: Path) -> datetime | None:
 
 def group_shards(checkpoints: list[CheckpointInfo]) -> list[ShardGroup]:
     """Sum the shard checkpoints per (target, N, dry run); tells which shards have none."""
-    groups: dict[tuple[str, int, bool], list[tuple[int, Checkpoint]]] = {}
+    groups: dict[tuple[str, str, int, bool], list[tuple[int, Checkpoint]]] = {}
     for info in checkpoints:
         cp = info.checkpoint
         match = _SHARD.match(cp.shard or "") if cp else None
         if cp is None or match is None:
             continue
         target = SHARD_SUFFIX.sub("", cp.target)
-        groups.setdefault((target, int(match[2]), cp.dry_run), []).append((int(match[1]), cp))
+        key = (target, checkpoint_kind(cp), int(match[2]), cp.dry_run)
+        groups.setdefault(key, []).append((int(match[1]), cp))
     return [
         ShardGroup(
             target=target,
+            kind=kind,
             count=count,
             dry_run=dry_run,
             present=sorted(k for k, _ in members),
@@ -174,7 +186,7 @@ def group_shards(checkpoints: list[CheckpointInfo]) -> list[ShardGroup]:
             failed=sum(cp.failed for _, cp in members),
             finished=sum(cp.finished for _, cp in members),
         )
-        for (target, count, dry_run), members in sorted(groups.items())
+        for (target, kind, count, dry_run), members in sorted(groups.items())
     ]
 
 
@@ -247,6 +259,7 @@ def report_status(
 def _checkpoint_to_dict(info: CheckpointInfo) -> dict[str, Any]:
     fields: dict[str, Any] = {"path": str(info.path), "problem": info.problem}
     if info.checkpoint is not None:
+        fields["kind"] = checkpoint_kind(info.checkpoint)
         fields |= info.checkpoint.to_json()
         percent = info.percent
         fields["percent"] = None if percent is None else round(percent, 2)
@@ -288,6 +301,7 @@ def status_to_dict(report: StatusReport) -> dict[str, Any]:
         "shards": [
             {
                 "target": g.target,
+                "kind": g.kind,
                 "count": g.count,
                 "dryRun": g.dry_run,
                 "present": g.present,

@@ -160,9 +160,12 @@ def _figures_to_dict(
             "processed": last.processed,
             "finished": last.finished,
             "rowsPerSecond": None if last.rows_per_s is None else round(last.rows_per_s, 2),
+            "kind": last.kind,
         },
         "trend": [],
         "failedByReason": {g.reason: g.count for g in failures.groups},
+        "rescoreFailed": failures.rescore_total if failures.checkpoints else None,
+        "rescoreFailedByReason": {g.reason: g.count for g in failures.rescore_groups},
         "checkpoints": failures.checkpoints,
         "galleries": {g.key: [row.image_id for row in g.rows] for g in galleries},
         "thumbnails": {

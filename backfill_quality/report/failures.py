@@ -2,6 +2,8 @@
 
 The database only knows that these rows are still NULL; the reasons are in the checkpoints that
 `run` and `watch` write beside `--checkpoint` (`<stem>*.json`: the run, every shard, the watch).
+A rescore's checkpoint (`<stem>.rescore*.json`) lists rows it could not refresh: they keep their
+old score and result, so they are counted apart, never among the rows without a score.
 Dry runs are left out (they write nothing, so their failures say nothing about the table).
 """
 
@@ -12,7 +14,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from backfill_quality.config import Target
-from backfill_quality.pipeline.status import SHARD_SUFFIX, CheckpointInfo
+from backfill_quality.pipeline.checkpoint import Checkpoint
+from backfill_quality.pipeline.status import RESCORE, SHARD_SUFFIX, CheckpointInfo, checkpoint_kind
 
 EXAMPLES_PER_REASON = 5
 _REASON_CLASSES: tuple[tuple[re.Pattern[str], str], ...] = (
@@ -61,6 +64,8 @@ class LastRun:
     updated_at: datetime | None
     processed: int
     finished: bool
+    kind: str = "run"
+    """`run` (a run or a watch: scored NULL rows) or `rescore` (refreshed scored rows)."""
 
     @property
     def rows_per_s(self) -> float | None:
@@ -77,8 +82,12 @@ class Failures:
     checkpoints: list[str]
     """The checkpoint files read (empty: none found, so the failures are unknown)."""
     total: int
+    """Rows that could not be scored (still NULL), by the runs' and watches' checkpoints."""
     groups: list[ReasonGroup]
     last_run: LastRun | None
+    rescore_total: int = 0
+    """Rows a rescore could not refresh: they keep their old score and result."""
+    rescore_groups: list[ReasonGroup] = field(default_factory=list)
 
 
 def describes(checkpoint_target: str, target: Target) -> bool:
@@ -86,7 +95,11 @@ def describes(checkpoint_target: str, target: Target) -> bool:
     this table and these columns (any database identity: one folder, one target)."""
     described = SHARD_SUFFIX.sub("", checkpoint_target)
     columns = f"{target.id_column},{target.url_column}→{target.score_column}"
-    return described.endswith(f" {target.label}({columns})")
+    named = f" {target.label}({columns})"
+    # a run in an order ends with ' order by …', a rescore with ' rescore of …'
+    return described.endswith(named) or any(
+        f"{named}{tail}" in described for tail in (" order by ", " rescore of ")
+    )
 
 
 def _saved_at(info: CheckpointInfo) -> datetime:
@@ -95,7 +108,8 @@ def _saved_at(info: CheckpointInfo) -> datetime:
 
 def collect_failures(infos: list[CheckpointInfo], target: Target) -> Failures:
     """Failed rows of every real (not dry) checkpoint of `target`, one per row id, grouped by
-    reason class (most frequent first)."""
+    reason class (most frequent first): the runs' (no score) apart from the rescores' (old
+    score kept)."""
     chosen = [
         info
         for info in infos
@@ -103,13 +117,36 @@ def collect_failures(infos: list[CheckpointInfo], target: Target) -> Failures:
         and not info.checkpoint.dry_run
         and describes(info.checkpoint.target, target)
     ]
+    newest_first = sorted(chosen, key=_saved_at, reverse=True)
+    runs = [
+        i.checkpoint
+        for i in newest_first
+        if i.checkpoint and checkpoint_kind(i.checkpoint) != RESCORE
+    ]
+    rescores = [
+        i.checkpoint
+        for i in newest_first
+        if i.checkpoint and checkpoint_kind(i.checkpoint) == RESCORE
+    ]
+    total, groups = _grouped(runs)
+    rescore_total, rescore_groups = _grouped(rescores)
+    newest = newest_first[0] if newest_first else None
+    last_run = None
+    if newest is not None and newest.checkpoint is not None:
+        cp = newest.checkpoint
+        kind = checkpoint_kind(cp)
+        last_run = LastRun(cp.start_time, newest.updated_at, cp.processed, cp.finished, kind)
+    return Failures(
+        [str(i.path) for i in chosen], total, groups, last_run, rescore_total, rescore_groups
+    )
+
+
+def _grouped(checkpoints: list[Checkpoint]) -> tuple[int, list[ReasonGroup]]:
+    """The failed rows of these checkpoints (newest first), one per row id, by reason class."""
     seen: set[str] = set()
     groups: dict[str, ReasonGroup] = {}
-    for info in sorted(
-        chosen, key=lambda i: i.updated_at or datetime.min.astimezone(), reverse=True
-    ):
-        assert info.checkpoint is not None
-        for failed in info.checkpoint.failed_images:
+    for checkpoint in checkpoints:
+        for failed in checkpoint.failed_images:
             key = str(failed.id)
             if key in seen:
                 continue
@@ -119,10 +156,4 @@ def collect_failures(infos: list[CheckpointInfo], target: Target) -> Failures:
             group.count += 1
             if len(group.examples) < EXAMPLES_PER_REASON:
                 group.examples.append(FailedExample(key, failed.url, failed.error))
-    newest = max(chosen, key=_saved_at, default=None)
-    last_run = None
-    if newest is not None and newest.checkpoint is not None:
-        cp = newest.checkpoint
-        last_run = LastRun(cp.start_time, newest.updated_at, cp.processed, cp.finished)
-    ordered = sorted(groups.values(), key=lambda g: (-g.count, g.reason))
-    return Failures([str(i.path) for i in chosen], len(seen), ordered, last_run)
+    return len(seen), sorted(groups.values(), key=lambda g: (-g.count, g.reason))
