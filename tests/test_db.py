@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import sys
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -390,6 +391,36 @@ def test_a_refused_row_does_not_abort_the_others(migrated: psycopg.Connection[An
     assert str(rows[2].id) in results[2].error and "101" in results[2].error
     assert all(r.error is None for i, r in enumerate(results) if i != 2)
     assert db.count_unscored(migrated, DEFAULT) == 1
+
+
+def test_the_write_statement_is_composed_once_not_per_batch(
+    migrated: psycopg.Connection[Any],
+) -> None:
+    """The writer sends one batch per few rows; composing the ~40 quoted identifiers of the
+    statement again for each batch cost more CPU than the write itself (issue 15). Counted: the
+    calls into psycopg.sql while the later batches are written."""
+    migrated.execute("INSERT INTO images (url) SELECT 'h' || g FROM generate_series(1, 12) g")
+    rows = db.fetch_page(migrated, DEFAULT, after_id=None, limit=12)
+    assert db.write_scores(migrated, DEFAULT, with_results([(rows[0].id, 50)])) == [True]
+    composing = 0
+    composers = ("psycopg/sql.py", "db/results.py")
+
+    def count(frame: Any, event: str, arg: Any) -> None:
+        nonlocal composing
+        if event == "call" and frame.f_code.co_filename.endswith(composers):
+            composing += 1
+
+    sys.setprofile(count)
+    try:
+        written = [db.write_scores(migrated, DEFAULT, with_results([(r.id, 60)])) for r in rows[1:]]
+    finally:
+        sys.setprofile(None)
+
+    assert written == [[True]] * 11
+    scored = migrated.execute("SELECT count(*) FROM images_quality_results").fetchone()
+    assert scored == (12,)
+    # write_parameters (results.py) runs once per row; nothing else of the statement does
+    assert composing <= 11, f"{composing} calls into psycopg.sql/db.results for 11 single rows"
 
 
 def install_txid_audit(conn: psycopg.Connection[Any]) -> None:

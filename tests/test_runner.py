@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import psycopg
 import pytest
 
 from backfill_quality import db
-from backfill_quality.config import FetchSettings, RunSettings, Target
+from backfill_quality.config import FetchSettings, RunSettings, Target, parse_detector
 from backfill_quality.demo.imageserver import ImageServer
 from backfill_quality.demo.synthetic import make_bird_image
 from backfill_quality.errors import ConfigError
@@ -29,6 +30,8 @@ class RecordingReporter:
         self.checkpoints: list[int] = []  # rows processed, as told at each page_done
         self.total: int | None = None
         self.levels: list[LevelChange] = []  # the downloads in flight, first one and moves
+        self.write_rounds: list[int] = []  # per row: the turn of the event loop that reported it
+        self._turn = 0
 
     def start(
         self,
@@ -43,6 +46,12 @@ class RecordingReporter:
 
     def row_done(self, outcome: Outcome) -> None:
         self.outcomes.append(outcome)
+        # rows written together are reported in one go, with no turn of the event loop between
+        self.write_rounds.append(self._turn)
+        asyncio.get_running_loop().call_soon(self._next_turn)
+
+    def _next_turn(self) -> None:
+        self._turn += 1
 
     def page_done(self, checkpoint: Checkpoint) -> None:
         self.pages += 1
@@ -117,6 +126,28 @@ def test_scores_every_row_and_counts_pages(
     assert reporter.pages == 5  # 5 + 5 + 5 + 5 + 3
     checkpoint = load_checkpoint(tmp_path / "progress.json")
     assert checkpoint is not None and checkpoint.finished
+
+
+def test_rows_that_come_one_by_one_are_written_a_few_at_a_time(
+    database_url: str, tmp_path: Path, bird_url: str
+) -> None:
+    """One round trip to the database thread per row cost the main process more CPU than the
+    write (issue 15): the writer gathers the rows of the next moment into one batch (each row
+    still its own transaction). Downloads one at a time, 20 ms each, make the rows arrive one
+    by one, each long after the previous one was written."""
+    slow_url = bird_url.replace("/img/bird.jpg", "/slow/20?img=/img/bird.jpg")
+    fill(database_url, [slow_url] * 40)
+    summary, reporter = run(
+        database_url,
+        tmp_path,
+        batch_size=10,
+        detector=parse_detector("heuristic"),
+        fetch=FetchSettings(retries=0, concurrency=1),
+    )
+    assert (summary.processed, summary.succeeded) == (40, 40)
+    assert all(s is not None for s in scores(database_url))
+    rounds = len(set(reporter.write_rounds))
+    assert rounds <= 20, f"40 rows written in {rounds} rounds"
 
 
 def test_limit_stops_early_and_resume_finishes(

@@ -26,6 +26,10 @@ class WriteResult:
 
 # --- writing scores --------------------------------------------------------------------------
 
+_WRITE_QUERIES: dict[tuple[Target, str], bytes] = {}
+"""`guarded_write_statement` rendered, by target and client encoding: composing its ~40 quoted
+identifiers again for every batch (usually one row) cost more CPU than the write itself."""
+
 
 ScoreWrite = tuple[RowId, Mapping[str, Any]]
 """One row to write: its key and its result record (`results.result_to_dict`), score included."""
@@ -49,9 +53,9 @@ def write_score_results(
     wait), so this is one round trip and one commit per row; on a local socket about 2 000
     rows/s, bounded by the per-commit WAL flush.
     """
-    statement = guarded_write_statement(target)
     results: list[WriteResult] = []
     try:
+        statement = _write_query(conn, target)
         with conn.pipeline() as pipeline, psycopg.RawCursor(conn) as cur:
             for row_id, result in rows:
                 try:
@@ -70,6 +74,15 @@ def write_score_results(
         failure.confirmed = list(results)  # committed (or refused) before the loss: not to redo
         raise failure from exc
     return results
+
+
+def _write_query(conn: psycopg.Connection[Any], target: Target) -> bytes:
+    """The target's guarded write statement as bytes, composed once per target and encoding."""
+    key = (target, conn.info.encoding)
+    query = _WRITE_QUERIES.get(key)
+    if query is None:
+        query = _WRITE_QUERIES[key] = guarded_write_statement(target).as_bytes(conn)
+    return query
 
 
 def write_scores(

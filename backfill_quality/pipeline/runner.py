@@ -38,6 +38,12 @@ from backfill_quality.scoring.version import Versions, versions
 
 NOTHING_TO_DO = "No images need quality score backfill"
 WRITE_BATCH_MAX = 50
+WRITE_GATHER_S = 0.1
+"""After the first result of a batch, how long the writer lets others gather before it writes
+them all: rows then cross to the database thread a few at a time instead of one by one (each
+still its own guarded transaction), which cut the CPU the main process spends per row by about
+0.3 ms at 100 rows/s (issue 15). The checkpoint lags by as much. Not with --delay (the
+original's pace), nor once the run is stopping."""
 SCORING_BACKLOG_PER_WORKER = 4
 """Downloaded images that may wait for a scoring process, per process, beyond the downloads in
 flight (the level of --concurrency)."""
@@ -352,6 +358,8 @@ class Runner:
     ) -> None:
         while True:
             batch = [await results.get()]
+            if not self.settings.delay_ms and self._fatal is None and self._interrupted is None:
+                await asyncio.sleep(WRITE_GATHER_S)
             while not results.empty() and len(batch) < WRITE_BATCH_MAX:
                 batch.append(results.get_nowait())
             try:
