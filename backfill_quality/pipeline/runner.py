@@ -106,6 +106,8 @@ class Runner:
         self._started = time.monotonic()  # reset when run() starts: the clock of every elapsed
         self._resumed_processed = 0
         self._signals = StopSignals(self._on_signal) if handle_signals else None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._pending_stop: str | None = None  # request_stop before the loop ran
         self._main: asyncio.Task[RunSummary] | None = None
         self._session: DatabaseSession | None = None
         self._eta = EtaEstimator()
@@ -133,8 +135,11 @@ class Runner:
         )
         self._session = session
         self._main = asyncio.current_task()
+        self._loop = asyncio.get_running_loop()
         if self._signals is not None:
             self._signals.install()
+        if self._pending_stop is not None:  # asked before the loop ran
+            self._stop_once(self._pending_stop)
         try:
             try:
                 await session.open()
@@ -438,6 +443,21 @@ class Runner:
             self._issuer.cancel()
         for task in list(self._state.tasks):
             task.cancel()
+
+    def request_stop(self, name: str) -> None:
+        """Stop as after the signal `name`, from a signal handler of the caller (watch): through
+        the event loop when it runs, else when it starts."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            self._pending_stop = self._pending_stop or name
+            if self._interrupted is None and loop is not None:  # over: only remember it
+                self._interrupted = name
+            return
+        loop.call_soon_threadsafe(self._stop_once, name)
+
+    def _stop_once(self, name: str) -> None:
+        if self._interrupted is None:
+            self._on_signal(name)
 
     def _on_signal(self, name: str) -> None:
         self._interrupted = name

@@ -81,14 +81,6 @@ class WatchResult:
     interrupted: str | None = None
 
 
-class _Stop(Exception):
-    """Raised by the signal handler to leave a cycle before its pipeline has started."""
-
-    def __init__(self, name: str) -> None:
-        super().__init__(name)
-        self.name = name
-
-
 class _CycleReporter:
     """Forwards to the real reporter, but keeps a cycle with nothing to score silent."""
 
@@ -165,7 +157,8 @@ class Watcher:
         self._on_cycle = on_cycle
         self._held_until: dict[RowId, float] = {}
         self._stop_signal: str | None = None
-        self._is_in_cycle = False
+        self._runner: Runner | None = None
+        """The cycle's runner while one runs: a signal is passed on to it."""
         self._listener: Any = None
         self._id_type = ""
         self._lock = TargetLock(settings.run.target, settings.run.shard, command="watch")
@@ -178,8 +171,6 @@ class Watcher:
         with self._signal_handlers():
             try:
                 self._loop(result)
-            except _Stop as stop:
-                self._stop_signal = stop.name
             finally:
                 self._close_listener()
         result.interrupted = self._stop_signal
@@ -245,17 +236,19 @@ class Watcher:
             self.settings.run, restart=True, resume=False, retry_failed=False
         )
         reporter = _CycleReporter(self._make_reporter())
-        self._is_in_cycle = True
         try:
             runner = Runner(
                 run_settings, reporter, skip_ids=self._held_until.keys(), lock=self._lock
             )
+            self._runner = runner
+            if self._stop_signal is not None:  # came while the runner was being made
+                runner.request_stop(self._stop_signal)
             summary = runner.run()
             reporter.finish(summary)
             if self._stop_signal is None:  # a signal after the cycle's last row still stops us
                 self._stop_signal = runner.signal_received
         finally:
-            self._is_in_cycle = False
+            self._runner = None
             self._install_handlers()  # the runner's event loop reset them when it ended
             reporter.close()
         if self._on_cycle is not None and (summary.processed or summary.interrupted):
@@ -334,8 +327,13 @@ class Watcher:
         name = signal.Signals(signum).name
         if self._stop_signal is None:
             self._stop_signal = name
-        if self._is_in_cycle:
-            raise _Stop(name)  # before the runner's pipeline: nothing written yet, just leave
+        runner = self._runner
+        if runner is not None:
+            # The runner's own handlers cover its pipeline; this one runs before they are
+            # installed and after they are removed, anywhere in asyncio's machinery: it must not
+            # raise there (an exception inside a loop callback is swallowed, and the callback it
+            # cut short can leave asyncio.run waiting forever). It asks the runner to stop.
+            runner.request_stop(name)
 
     def _install_handlers(self) -> None:
         for name in STOP_SIGNALS:
