@@ -60,6 +60,7 @@ def test_a_host_limiting_requests_per_second_is_kept_under_its_limit(
     assert cuts and all(change.new < change.old for change in cuts)
 
 
+@pytest.mark.slow  # about 12 s, and a latency bound that a machine loaded by others can break
 def test_a_host_that_slows_with_load_stays_under_twice_its_unloaded_latency(
     database_url: str, tmp_path: Path, image_server: ImageServer
 ) -> None:

@@ -356,6 +356,7 @@ def test_a_rescore_interrupted_and_resumed_rescores_every_row_exactly_once(
     assert run_checkpoint != checkpoint and run_checkpoint.read_bytes() == run_saved
 
 
+@pytest.mark.slow  # a kill trial (about 7 s)
 def test_a_rescore_all_killed_after_writes_past_its_checkpoint_resumes_without_rewriting_them(
     database_url: str, tmp_path: Path
 ) -> None:
@@ -399,7 +400,10 @@ def test_a_rescore_all_killed_after_writes_past_its_checkpoint_resumes_without_r
     assert read_checkpoint(path)["finished"] is True
 
 
-@pytest.mark.parametrize("is_all", [False, True])
+@pytest.mark.parametrize(
+    "is_all",
+    [False, pytest.param(True, marks=pytest.mark.slow)],  # --all: about 7 s more
+)
 def test_two_shards_of_a_rescore_cover_every_stale_row_exactly_once(
     database_url: str, tmp_path: Path, image_server: ImageServer, is_all: bool
 ) -> None:
