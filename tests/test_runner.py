@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from pathlib import Path
 
@@ -148,6 +149,51 @@ def test_rows_that_come_one_by_one_are_written_a_few_at_a_time(
     assert all(s is not None for s in scores(database_url))
     rounds = len(set(reporter.write_rounds))
     assert rounds <= 20, f"40 rows written in {rounds} rounds"
+
+
+def test_a_stop_asked_before_the_run_starts_ends_it_before_any_row(
+    database_url: str, tmp_path: Path, bird_url: str
+) -> None:
+    """`watch` passes a signal that comes while it makes a cycle's runner on to it: the run must
+    then stop at its start, not score a whole cycle first."""
+    fill(database_url, [bird_url] * 5)
+    settings = RunSettings(
+        database_url=database_url, checkpoint_path=tmp_path / "progress.json", workers=1
+    )
+    runner = Runner(settings, RecordingReporter(), handle_signals=False)
+    runner.request_stop("SIGTERM")
+    summary = runner.run()
+    assert (summary.processed, summary.interrupted) == (0, "SIGTERM")
+    assert runner.signal_received == "SIGTERM"
+    assert scores(database_url) == [None] * 5
+
+
+def test_a_stop_asked_from_outside_mid_run_ends_it_with_every_written_row_counted(
+    database_url: str, tmp_path: Path, bird_url: str
+) -> None:
+    """`watch`'s signal handler asks through the runner's event loop (it must never raise inside
+    asyncio's machinery: an exception there was swallowed and left asyncio.run waiting)."""
+    slow_url = bird_url.replace("/img/bird.jpg", "/slow/100?img=/img/bird.jpg")
+    fill(database_url, [slow_url] * 60)  # one at a time: 6 s or more without the stop
+    settings = RunSettings(
+        database_url=database_url,
+        checkpoint_path=tmp_path / "progress.json",
+        workers=1,
+        batch_size=10,
+        detector=parse_detector("heuristic"),
+        fetch=FetchSettings(retries=0, concurrency=1),
+    )
+    runner = Runner(settings, RecordingReporter(), handle_signals=False)
+    timer = threading.Timer(1.5, runner.request_stop, ["SIGTERM"])
+    timer.start()
+    try:
+        summary = runner.run()
+    finally:
+        timer.cancel()
+    assert summary.interrupted == "SIGTERM"
+    assert 0 < summary.processed < 60
+    written = sum(s is not None for s in scores(database_url))
+    assert written == summary.succeeded  # nothing written that the summary does not count
 
 
 def test_limit_stops_early_and_resume_finishes(
