@@ -21,6 +21,7 @@ from backfill_quality.config import Target
 from backfill_quality.errors import DatabaseError
 
 T = TypeVar("T")
+W = TypeVar("W")  # a row to write, as the write function takes it
 
 RECONNECT_BASE_S = 0.25
 RECONNECT_CAP_S = 8.0
@@ -75,16 +76,25 @@ class DatabaseSession:
     async def write_scores(
         self, target: Target, rows: Sequence[db.ScoreWrite]
     ) -> list[db.WriteResult]:
-        """Write a batch of scores with their results; after a reconnect only the rows not yet
-        confirmed are sent again, so a row committed before the loss is not mistaken for someone
-        else's write."""
+        """Write a batch of scores with their results (`db.write_score_results`)."""
+        return await self.write_rows(db.write_score_results, target, rows)
+
+    async def write_rows(
+        self,
+        write: Callable[[Any, Target, Sequence[W]], list[db.WriteResult]],
+        target: Target,
+        rows: Sequence[W],
+    ) -> list[db.WriteResult]:
+        """`write(conn, target, rows)`, each row its own transaction; after a reconnect only the
+        rows not yet confirmed are sent again, so a row committed before the loss is not mistaken
+        for someone else's write."""
         done: list[db.WriteResult] = []
         remaining = list(rows)
 
         def attempt(conn: Any) -> list[db.WriteResult]:
             nonlocal remaining
             try:
-                results = db.write_score_results(conn, target, remaining)
+                results = write(conn, target, remaining)
             except DatabaseError as exc:
                 confirmed = [r for r in exc.confirmed if isinstance(r, db.WriteResult)]
                 done.extend(confirmed)

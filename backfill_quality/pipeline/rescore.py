@@ -245,7 +245,10 @@ class RescoreRunner(Runner):
         ]
         written: dict[RowId, db.WriteResult] = {}
         if writes and not self.settings.dry_run:
-            written = {r.row_id: r for r in await _write_rescores(session, self.settings, writes)}
+            written = {
+                r.row_id: r
+                for r in await session.write_rows(db.write_rescores, self.settings.target, writes)
+            }
         counts = state.checkpoint.rescore
         assert counts is not None  # set by prepare_rescore
         for outcome, page in batch:
@@ -396,26 +399,3 @@ class RescoreRunner(Runner):
             last_modified=last_modified,
             fetch_ms=fetch_ms,
         )
-
-
-async def _write_rescores(
-    session: DatabaseSession, settings: RunSettings, rows: list[db.RescoreWrite]
-) -> list[db.WriteResult]:
-    """`db.write_rescores` on the session; after a reconnect only the rows not yet confirmed
-    are sent again (a row committed before the loss would otherwise look skipped)."""
-    done: list[db.WriteResult] = []
-    remaining = list(rows)
-
-    def attempt(conn: Any) -> list[db.WriteResult]:
-        nonlocal remaining
-        try:
-            results = db.write_rescores(conn, settings.target, remaining)
-        except DatabaseError as exc:
-            confirmed = [r for r in exc.confirmed if isinstance(r, db.WriteResult)]
-            done.extend(confirmed)
-            remaining = remaining[len(confirmed) :]
-            raise
-        done.extend(results)
-        return done
-
-    return await session.call(attempt)
