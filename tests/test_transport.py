@@ -45,7 +45,8 @@ class CountingServer:
     /img (1000 bytes) · /slow (100 ms, then /img) · /big (2 MB, written as the client reads) ·
     /stall (head and 10 of 100 bytes, then nothing) · /truncated (10 of 100 bytes, then close) ·
     /garbage (not HTTP) · /close (`Connection: close`) · /chunked (3 chunks) · /echo (what it got)
-    · /gzip, /deflate, /raw-deflate (/img's body with that Content-Encoding)
+    · /gzip, /deflate, /raw-deflate (/img's body with that Content-Encoding) · /extra (/img and
+    four bytes more than its Content-Length)
     """
 
     drops_second_request: bool = False  # close a kept-alive connection instead of answering
@@ -141,6 +142,8 @@ async def _respond(seen: Seen, reader: asyncio.StreamReader, writer: asyncio.Str
     elif path in _ENCODED:
         encoding, data = _ENCODED[path]
         writer.write(_head(200, len(data), f"Content-Encoding: {encoding}\r\n") + data)
+    elif path == "/extra":  # four bytes more than its Content-Length says
+        writer.write(_head(200, len(BODY)) + BODY + b"junk")
     elif path == "/close":
         writer.write(_head(200, len(BODY), "Connection: close\r\n") + BODY)
     elif path == "/chunked":
@@ -244,6 +247,27 @@ def test_a_partly_read_response_closes_its_connection() -> None:
         await server.until(lambda: server.open_connections == 0)  # the server saw it close
         assert (await client.get(server.url("/img"))).content == BODY
         assert server.connections == 2
+
+    run(scenario)
+
+
+def test_a_long_body_read_in_parts_keeps_its_connection() -> None:
+    async def scenario(server: CountingServer, client: httpx.AsyncClient) -> None:
+        async with client.stream("GET", server.url("/big")) as response:
+            parts = [part async for part in response.aiter_raw()]
+        assert len(parts) > 2  # streamed as it arrives, not gathered whole
+        assert b"".join(parts) == b"\x00" * 2_000_000
+        assert (await client.get(server.url("/img"))).content == BODY
+        assert server.connections == 1
+
+    run(scenario)
+
+
+def test_bytes_past_the_declared_length_are_not_taken_for_the_next_response() -> None:
+    async def scenario(server: CountingServer, client: httpx.AsyncClient) -> None:
+        assert (await client.get(server.url("/extra"))).content == BODY
+        assert (await client.get(server.url("/img"))).content == BODY
+        assert server.connections == 2  # the connection that carried junk was closed
 
     run(scenario)
 

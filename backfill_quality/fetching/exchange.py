@@ -45,6 +45,10 @@ class Connection:
     def abort(self) -> None:
         self.writer.transport.abort()
 
+    def renew(self) -> None:
+        """A fresh state machine for the next exchange, after a body read without h11."""
+        self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD_BYTES)
+
 
 @dataclass(frozen=True, slots=True)
 class Outgoing:
@@ -132,20 +136,52 @@ async def drain(
 
 async def receive(conn: Connection, timeout_s: float | None, request: httpx.Request | None) -> int:
     """Read what the server sent next into h11; how many bytes (0 at EOF)."""
+    data = await read_some(conn, READ_CHUNK_BYTES, timeout_s, request)
+    conn.h11.receive_data(data)
+    conn.received_bytes += len(data)
+    return len(data)
+
+
+async def read_some(
+    conn: Connection, most: int, timeout_s: float | None, request: httpx.Request | None
+) -> bytes:
+    """What the server sent next, at most `most` bytes (b"" at EOF); httpx's errors."""
     try:
         if timeout_s is None:
-            data = await conn.reader.read(READ_CHUNK_BYTES)
-        else:
-            async with asyncio.timeout(timeout_s):
-                data = await conn.reader.read(READ_CHUNK_BYTES)
+            return await conn.reader.read(most)
+        async with asyncio.timeout(timeout_s):
+            return await conn.reader.read(most)
     except TimeoutError as exc:
         message = f"no data from the server within {timeout_s:g}s"
         raise httpx.ReadTimeout(message, request=request) from exc
     except OSError as exc:  # reset, broken pipe, TLS errors
         raise httpx.ReadError(str(exc) or type(exc).__name__, request=request) from exc
-    conn.h11.receive_data(data)
-    conn.received_bytes += len(data)
-    return len(data)
+
+
+def fixed_length(out: Outgoing, head: h11.Response) -> int | None:
+    """The body's length when the response is framed by one Content-Length (the common case,
+    read without h11: `LeanStream`); None when h11 must frame it (chunked, until close, none)."""
+    if out.method == "HEAD" or head.status_code in (204, 304):
+        return None
+    length: int | None = None
+    for name, value in head.headers:  # h11 lower-cased the names and checked the values
+        if name == b"transfer-encoding" or (name == b"content-length" and length is not None):
+            return None
+        if name == b"content-length":
+            length = int(value)
+    return length
+
+
+def keeps_alive(out: Outgoing, head: h11.Response) -> bool:
+    """Whether the connection may carry another exchange after this one (h11's rule: HTTP/1.1
+    and no `Connection: close` on either side)."""
+    if head.http_version != b"1.1":
+        return False
+    sent = ((name.lower(), value) for name, value in out.headers)
+    for name, value in (*head.headers, *sent):
+        if name == b"connection" and b"close" in (t.strip() for t in value.lower().split(b",")):
+            return False
+    return True
 
 
 def next_event(conn: Connection, request: httpx.Request | None) -> Any:

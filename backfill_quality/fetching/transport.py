@@ -29,10 +29,14 @@ import h11
 import httpx
 
 from backfill_quality.fetching.exchange import (
+    READ_CHUNK_BYTES,
     Connection,
     Outgoing,
     StaleConnection,
+    fixed_length,
+    keeps_alive,
     next_event,
+    read_some,
     receive,
     send_and_read_head,
 )
@@ -124,7 +128,11 @@ class LeanTransport(httpx.AsyncBaseTransport):
         except BaseException:
             self._release(key, pool, None)
             raise
-        return head, LeanStream(self, key, pool, conn, out.request, timeouts.get("read"))
+        stream = LeanStream(self, key, pool, conn, out.request, timeouts.get("read"))
+        length = fixed_length(out, head)
+        if length is not None:
+            stream.read_without_h11(length, keep_alive=keeps_alive(out, head))
+        return head, stream
 
     async def aclose(self) -> None:
         self._is_closed = True
@@ -208,12 +216,13 @@ class LeanTransport(httpx.AsyncBaseTransport):
         """Give back a slot; `conn` goes idle if its exchange finished cleanly, else closes."""
         if conn is not None:
             state = conn.h11
+            if state.our_state is h11.DONE and state.their_state is h11.DONE:
+                state.start_next_cycle()
             if (
-                state.our_state is h11.DONE
-                and state.their_state is h11.DONE
+                state.our_state is h11.IDLE
+                and state.their_state is h11.IDLE
                 and not self._is_closed
             ):
-                state.start_next_cycle()
                 conn.idle_since_s = time.monotonic()
                 pool.idle.append(conn)
                 self._idle[conn] = pool
@@ -242,7 +251,12 @@ class LeanTransport(httpx.AsyncBaseTransport):
 
 
 class LeanStream(httpx.AsyncByteStream):
-    """The response body, chunk by chunk as it arrives; closing it gives the connection back."""
+    """The response body, chunk by chunk as it arrives; closing it gives the connection back.
+
+    A body framed by one Content-Length (`read_without_h11`) is read straight from the socket's
+    stream: h11 would parse and copy every chunk twice more, which cost more of the event loop
+    than the rest of the download (bench/fetch_client.py). The connection then gets a fresh h11
+    state machine for its next exchange."""
 
     def __init__(
         self,
@@ -259,6 +273,16 @@ class LeanStream(httpx.AsyncByteStream):
         self._conn: Connection | None = conn
         self._request = request
         self._read_timeout_s = read_timeout_s
+        self._length = -1  # the body's length when read without h11, else -1
+        self._left = 0  # bytes of it still to read
+        self._keep_alive = False
+        self._is_started = False
+
+    def read_without_h11(self, length: int, *, keep_alive: bool) -> None:
+        """The body is `length` bytes: read them without h11; `keep_alive`: the connection may
+        carry another exchange afterwards."""
+        self._length = self._left = length
+        self._keep_alive = keep_alive
 
     def __aiter__(self) -> LeanStream:
         return self
@@ -267,6 +291,8 @@ class LeanStream(httpx.AsyncByteStream):
         conn = self._conn
         if conn is None:
             raise StopAsyncIteration
+        if self._length >= 0:
+            return await self._next_counted(conn)
         try:
             while True:
                 event = next_event(conn, self._request)
@@ -285,10 +311,64 @@ class LeanStream(httpx.AsyncByteStream):
         self._give_back(conn)
         raise StopAsyncIteration
 
+    async def _next_counted(self, conn: Connection) -> bytes:
+        """The next part of a body of known length; at its end the connection goes back."""
+        try:
+            if not self._is_started:
+                self._is_started = True
+                data = self._take_buffered(conn)
+                if data:
+                    return data
+            if self._left == 0:
+                self._finish_counted(conn)
+                raise StopAsyncIteration
+            data = await read_some(
+                conn, min(self._left, READ_CHUNK_BYTES), self._read_timeout_s, self._request
+            )
+            if not data:
+                received = self._length - self._left
+                message = (
+                    "peer closed connection without sending complete message body: "
+                    f"received {received} bytes, expected {self._length}"
+                )
+                raise httpx.RemoteProtocolError(message, request=self._request)
+            self._left -= len(data)
+            return data
+        except StopAsyncIteration:
+            raise
+        except BaseException:
+            self._give_back(None)
+            raise
+
+    def _take_buffered(self, conn: Connection) -> bytes:
+        """What h11 received past the response head (the body's first bytes)."""
+        data, is_closed = conn.h11.trailing_data
+        if is_closed or len(data) > self._left:  # the server closed, or sent more than declared
+            self._keep_alive = False
+            data = data[: self._left]
+        self._left -= len(data)
+        return data
+
+    def _finish_counted(self, conn: Connection) -> None:
+        if self._keep_alive and not conn.reader.at_eof():
+            conn.renew()
+            self._give_back(conn)
+        else:
+            self._give_back(None)
+
     async def aclose(self) -> None:
         """Keep the connection if the rest of the body is already buffered, else close it."""
         conn = self._conn
         if conn is None:
+            return
+        if self._length >= 0:
+            if not self._is_started:
+                self._is_started = True
+                self._take_buffered(conn)
+            if self._left == 0:
+                self._finish_counted(conn)
+            else:
+                self._give_back(None)
             return
         try:
             while (event := conn.h11.next_event()) is not h11.NEED_DATA:
