@@ -181,6 +181,7 @@ class Runner:
             if self._interrupted is not None:
                 session.cancel()  # do not wait for a statement stuck on a lock
             try:
+                self._pool.detach()  # on the loop: it reads the scoring processes' sockets
                 # closing joins the session's thread and waits for the scoring processes: off the
                 # loop, so a signal meanwhile is still seen (watch stops; a second one exits)
                 await asyncio.to_thread(self._close, session)

@@ -1,10 +1,18 @@
 """The scoring processes of a run: start, warm up, score one image, survive crashes, shut down.
 
 Kept apart from the runner because it is a different kind of thing: the runner schedules rows on
-one event loop, while this owns operating-system processes and their failure modes (a worker
-killed by the kernel breaks the whole pool, which must be replaced, and a crash repeated with no
-success in between must end the run instead of looping). The workers import NumPy and Pillow;
-this module does not, it only sends them `worker.score_in_worker` by reference.
+one event loop, while this owns operating-system processes and their failure modes (a process
+killed by the kernel must be replaced and the images it held scored again, and a crash repeated
+with no success in between must end the run instead of looping). The scoring processes import
+NumPy and Pillow; this module does not, it starts them on `worker.serve`.
+
+Each scoring process has a socket to the main process, read and written by the run's event loop
+itself: an image goes out as it came from the host (one system call, no pickling), the answer
+comes back as a small pickled record, and a process that dies is seen as the end of its socket.
+`concurrent.futures.ProcessPoolExecutor` did this with two helper threads that pickled every
+image and woke each other (and the loop) for every task: about 0.6 ms of the main process's CPU
+per image, a quarter of what the run spent outside scoring (docs/concurrency.md). Each process
+holds at most `TASKS_PER_PROCESS` images: one it scores, the next waiting in its socket.
 """
 
 from __future__ import annotations
@@ -12,21 +20,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import multiprocessing
+import pickle
+import socket
 import time
+from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from multiprocessing.process import BaseProcess
+from typing import Any
 
 from backfill_quality.config import DetectorChoice, Thresholds, available_cpus
 from backfill_quality.errors import BackfillError
 from backfill_quality.models import ScoredImage
 from backfill_quality.pipeline.lifeline import FORKSERVER_PRELOAD_MODULE, Lifeline, start_forkserver
-from backfill_quality.pipeline.worker import (
-    SCORING_MODULE,
-    prepare_worker,
-    score_in_worker,
-    warm_up,
-)
+from backfill_quality.pipeline.worker import FRAME_HEAD, SCORE, SCORING_MODULE, WARM_UP, serve
 
 MAX_POOL_CRASHES = 5
 """Scoring-process crashes in a row, with no image scored in between, before the run gives up."""
@@ -38,14 +45,38 @@ RESTARTED = (
     "a scoring process died (killed by the system: out of memory?); new ones were started and "
     "the images it held are scored again"
 )
+DIED = "a scoring process died"
+TASKS_PER_PROCESS = 2
+"""Images handed to one process at a time: one scored, the next ready behind it."""
+SEND_BUFFER_BYTES = 1024 * 1024
+"""Asked of the kernel for each socket (it may give less); an image larger waits for room."""
+ANSWER_READ_BYTES = 64 * 1024
+EXIT_WAIT_S = 10.0
+"""At shutdown: how long a process may take to finish the image it scores before it is killed."""
+
+
+class _Process:
+    """One scoring process, its end of the socket, and the answers it owes, in order."""
+
+    __slots__ = ("answers", "channel", "inbox", "is_dead", "load", "process", "sending")
+
+    def __init__(self, process: BaseProcess, channel: socket.socket) -> None:
+        self.process = process
+        self.channel = channel
+        # one per task sent, oldest first; None: nobody waits for it any more
+        self.answers: deque[asyncio.Future[Any] | None] = deque()
+        self.inbox = bytearray()  # answer bytes received, not yet a whole frame
+        self.is_dead = False
+        self.load = 0  # images given to this process and not yet answered or failed
+        self.sending = asyncio.Lock()  # one frame at a time on the socket
 
 
 class ScoringPool:
-    """`workers` scoring processes; a pool broken by a crash is replaced, once per breakage.
+    """`workers` scoring processes; a process that dies is replaced, once per death.
 
     `on_give_up` receives a `BackfillError` when more than MAX_POOL_CRASHES crashes come in a row
     with no image scored in between (the caller stops the run); `on_restart` receives a message
-    for the user each time the pool is replaced.
+    for the user each time a process is replaced.
     """
 
     def __init__(
@@ -66,11 +97,14 @@ class ScoringPool:
         self._threads = max(1, available_cpus() // workers)
         self._on_give_up = on_give_up
         self._on_restart = on_restart
-        self._executor: ProcessPoolExecutor | None = None
         self._lifeline: Lifeline | None = None
+        self._processes: list[_Process] = []
+        self._retired: list[_Process] = []  # dead and replaced; their sockets close at the end
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop reading the sockets
+        self._waiters: deque[asyncio.Future[None]] = deque()  # images waiting for a process
         self._crashes = 0
         self._is_replacing = True
-        self._outstanding = 0  # images handed to the processes and not yet scored
+        self._outstanding = 0  # images handed to the pool and not yet scored
         self._waited_s = 0.0
         self._counted_until_s = time.monotonic()
 
@@ -87,32 +121,36 @@ class ScoringPool:
         self._counted_until_s = now_s
 
     def start(self) -> None:
-        """Create the pool (its processes start with the first tasks, e.g. `warm_up`).
-
-        Every process it starts dies with this one, however this one ends (`lifeline.py`)."""
+        """Start the scoring processes (each loads the scoring code on its first task, e.g.
+        `warm_up`). Every process it starts dies with this one, however this one ends
+        (`lifeline.py`)."""
         self._lifeline = Lifeline()
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload([FORKSERVER_PRELOAD_MODULE, SCORING_MODULE])
         start_forkserver()
-        self._executor = self._new_executor()
+        self._processes = [self._spawn() for _ in range(self.workers)]
 
     def warm_up(self) -> None:
-        """Start every scoring process now (each loads the scoring code once), so the first
-        images do not wait for them. Blocking: run it on a helper thread."""
-        executor = self._executor
-        assert executor is not None, "start() the pool first"
-        with contextlib.suppress(RuntimeError):  # the run stopped while starting: pool shut
-            futures = [
-                executor.submit(warm_up, self._detector, self._threads) for _ in range(self.workers)
-            ]
-            for future in futures:
-                future.result()
+        """Have every scoring process load the detector now, so the first images do not wait
+        for it; raises what loading raised (a missing or damaged model file). Blocking: run it
+        on a helper thread, before the first `score`."""
+        processes = list(self._processes)
+        try:
+            for entry in processes:
+                entry.channel.sendall(FRAME_HEAD.pack(1) + WARM_UP)
+            for entry in processes:
+                is_ok, value = _read_answer(entry.channel)
+                if not is_ok:
+                    raise value
+        except (OSError, EOFError):  # shut down meanwhile (the run stopped), or a process died:
+            return  # its first image will tell
 
     async def score(self, data: bytes) -> ScoredImage:
-        """The analysis of one encoded image, computed in a worker process.
+        """The analysis of one encoded image, computed in a scoring process.
 
-        Raises DecodeError for unusable bytes, and BrokenProcessPool when the pool broke twice
-        under this image (the first time it is retried: a crash elsewhere may have taken it along).
+        Raises DecodeError for unusable bytes, and BrokenProcessPool when the process scoring it
+        died twice (the first time it is retried: a crash caused by another image may have taken
+        it along).
         """
         try:
             score = await self._score_once(data)
@@ -122,59 +160,238 @@ class ScoringPool:
         return score
 
     def stop_replacing(self) -> None:
-        """The run is being interrupted: a pool that breaks from now on stays broken."""
+        """The run is being interrupted: a process that dies from now on is not replaced."""
         self._is_replacing = False
 
+    def detach(self) -> None:
+        """Stop reading the sockets on this event loop (call it on the loop, before `shutdown`
+        from another thread)."""
+        loop, self._loop = self._loop, None
+        if loop is None or loop.is_closed():
+            return
+        for entry in (*self._processes, *self._retired):
+            if not entry.is_dead:
+                loop.remove_reader(entry.channel.fileno())
+
     def shutdown(self) -> None:
-        """Stop the processes, dropping images not yet started; waits for the ones running."""
-        if self._executor is not None:
-            self._executor.shutdown(wait=True, cancel_futures=True)
+        """Stop the processes: each ends once it has finished the image it is scoring (the
+        images waiting behind it are dropped); one that takes longer than EXIT_WAIT_S is killed."""
+        entries, self._processes, self._retired = [*self._processes, *self._retired], [], []
+        for entry in entries:
+            with contextlib.suppress(OSError):
+                entry.channel.shutdown(socket.SHUT_RDWR)  # wakes a warm-up blocked on it
+            entry.channel.close()
+        deadline_s = time.monotonic() + EXIT_WAIT_S
+        for entry in entries:
+            entry.process.join(max(0.0, deadline_s - time.monotonic()))
+            if entry.process.exitcode is None:
+                entry.process.kill()
+                entry.process.join()
         if self._lifeline is not None:
-            self._lifeline.close()  # a scoring process of a replaced pool still exiting goes too
+            self._lifeline.close()  # a scoring process still exiting goes too
             self._lifeline = None
 
+    # -- one image ------------------------------------------------------------------------------
+
     async def _score_once(self, data: bytes) -> ScoredImage:
-        """Score in a worker process; a broken pool is replaced (once per breakage) and the
-        error re-raised. Crash after crash with no success in between is fatal."""
-        executor = self._executor
-        assert executor is not None, "start() the pool first"
+        """Score in a scoring process; a dead process is replaced (once per death) and
+        BrokenProcessPool raised. Crash after crash with no success in between is fatal."""
+        self._bind()
         self._count_idle()
         self._outstanding += 1
+        entry: _Process | None = None
         try:
-            return await asyncio.get_running_loop().run_in_executor(
-                executor,
-                score_in_worker,
-                data,
-                self._thresholds,
-                self._max_pixels,
-                self._detector,
-                self._threads,
-            )
+            entry = await self._take()
+            result: ScoredImage = await self._ask(entry, data)
+            return result
         except BrokenProcessPool:
-            if executor is self._executor and self._is_replacing:
+            if entry is not None and entry in self._processes and self._is_replacing:
                 self._crashes += 1
                 if self._crashes > MAX_POOL_CRASHES:
                     self._on_give_up(BackfillError(KEEP_CRASHING))
                 else:
-                    self._replace()
+                    self._replace(entry)
                     self._on_restart(RESTARTED)
             raise
         finally:
             self._count_idle()
             self._outstanding -= 1
+            if entry is not None:
+                entry.load -= 1
+                self._wake_one()
 
-    def _replace(self) -> None:
-        old = self._executor
-        self._executor = self._new_executor()
-        if old is not None:
-            old.shutdown(wait=False, cancel_futures=True)
+    async def _take(self) -> _Process:
+        """The least busy process with room for one more image (waits for one if none has);
+        a dead one not replaced yet counts as having room: the attempt fails at once."""
+        while True:
+            if not self._processes:
+                raise BrokenProcessPool("the scoring processes were shut down")
+            entry = min(self._processes, key=_load)
+            if entry.load < TASKS_PER_PROCESS:
+                entry.load += 1
+                return entry
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            except asyncio.CancelledError:
+                if waiter.done() and not waiter.cancelled():
+                    self._wake_one()  # woken and cancelled at once: pass the turn on
+                raise
 
-    def _new_executor(self) -> ProcessPoolExecutor:
-        """Scoring processes, one per worker; forkserver, since the main process runs threads."""
+    def _wake_one(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    async def _ask(self, entry: _Process, data: bytes) -> Any:
+        """Send one image to `entry` and wait for its answer (raised if it is an exception)."""
+        if entry.is_dead:
+            raise BrokenProcessPool(DIED)
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[Any] = loop.create_future()
+        async with entry.sending:
+            if entry.is_dead:
+                raise BrokenProcessPool(DIED)
+            entry.answers.append(answer)
+            head = FRAME_HEAD.pack(len(data) + 1) + SCORE
+            sent = 0
+            try:
+                with contextlib.suppress(BlockingIOError, InterruptedError):
+                    sent = entry.channel.sendmsg([head, data])
+                if sent < len(head):
+                    await loop.sock_sendall(entry.channel, (head + data)[sent:])
+                elif sent < len(head) + len(data):
+                    await loop.sock_sendall(entry.channel, memoryview(data)[sent - len(head) :])
+            except OSError:  # its end is closed: the process died
+                self._bury(entry)
+            except asyncio.CancelledError:  # half a frame may be out: the socket is unusable
+                self._bury(entry)
+                raise
+        return await answer
+
+    # -- the processes --------------------------------------------------------------------------
+
+    def _spawn(self) -> _Process:
+        """A new scoring process (forkserver, since the main process runs threads)."""
         assert self._lifeline is not None, "start() the pool first"
-        return ProcessPoolExecutor(
-            max_workers=self.workers,
-            mp_context=multiprocessing.get_context("forkserver"),
-            initializer=prepare_worker,
-            initargs=(self._lifeline.reader,),
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        for end, option in ((ours, socket.SO_SNDBUF), (theirs, socket.SO_RCVBUF)):
+            with contextlib.suppress(OSError):
+                end.setsockopt(socket.SOL_SOCKET, option, SEND_BUFFER_BYTES)
+        process = multiprocessing.get_context("forkserver").Process(
+            target=serve,
+            args=(
+                theirs,
+                self._lifeline.reader,
+                self._thresholds,
+                self._max_pixels,
+                self._detector,
+                self._threads,
+            ),
+            name="backfill-quality-scorer",
+            daemon=True,
         )
+        try:
+            process.start()
+        finally:
+            theirs.close()
+        entry = _Process(process, ours)
+        if self._loop is not None:
+            self._listen(self._loop, entry)
+        return entry
+
+    def _bind(self) -> None:
+        """Read the sockets on the running loop (a new loop: answers owed to the old one are
+        dropped as they come)."""
+        loop = asyncio.get_running_loop()
+        if loop is self._loop:
+            return
+        self._loop = loop
+        self._waiters.clear()
+        for entry in self._processes:
+            entry.answers = deque(None for _ in entry.answers)
+            entry.sending = asyncio.Lock()
+            if not entry.is_dead:
+                self._listen(loop, entry)
+
+    def _listen(self, loop: asyncio.AbstractEventLoop, entry: _Process) -> None:
+        entry.channel.setblocking(False)
+        loop.add_reader(entry.channel.fileno(), self._on_readable, entry)
+
+    def _on_readable(self, entry: _Process) -> None:
+        """On the loop: answers from `entry` (each fulfils the oldest one owed), or its end."""
+        try:
+            chunk = entry.channel.recv(ANSWER_READ_BYTES)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            chunk = b""
+        if not chunk:
+            self._bury(entry)
+            return
+        inbox = entry.inbox
+        inbox += chunk
+        head_size = FRAME_HEAD.size
+        while len(inbox) >= head_size:
+            end = head_size + FRAME_HEAD.unpack_from(inbox)[0]
+            if len(inbox) < end:
+                return
+            try:
+                is_ok, value = pickle.loads(inbox[head_size:end])
+            except Exception:  # not an answer: the stream is corrupt, the process unusable
+                self._bury(entry)
+                return
+            del inbox[:end]
+            answer = entry.answers.popleft() if entry.answers else None
+            if answer is None or answer.done():
+                continue
+            if is_ok:
+                answer.set_result(value)
+            else:
+                answer.set_exception(value)
+
+    def _bury(self, entry: _Process) -> None:
+        """`entry` died (or its socket broke): every image it held fails with BrokenProcessPool."""
+        if entry.is_dead:
+            return
+        entry.is_dead = True
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.remove_reader(entry.channel.fileno())
+        with contextlib.suppress(OSError):
+            entry.process.kill()  # a process whose socket broke would be of no use either
+        answers, entry.answers = entry.answers, deque()
+        for answer in answers:
+            if answer is not None and not answer.done():
+                answer.set_exception(BrokenProcessPool(DIED))
+
+    def _replace(self, entry: _Process) -> None:
+        """A new process in the place of `entry`, which is buried if it was not yet."""
+        self._bury(entry)
+        self._processes[self._processes.index(entry)] = self._spawn()
+        self._retired.append(entry)
+
+
+def _load(entry: _Process) -> int:
+    return entry.load
+
+
+def _read_answer(channel: socket.socket) -> tuple[bool, Any]:
+    """One answer frame, read blocking (the warm-up's, before the loop reads the sockets)."""
+    head = _recv_exactly(channel, FRAME_HEAD.size)
+    payload = _recv_exactly(channel, FRAME_HEAD.unpack(head)[0])
+    answer: tuple[bool, Any] = pickle.loads(payload)
+    return answer
+
+
+def _recv_exactly(channel: socket.socket, size: int) -> bytes:
+    parts: list[bytes] = []
+    while size > 0:
+        part = channel.recv(size)
+        if not part:
+            raise EOFError("a scoring process closed its socket")
+        parts.append(part)
+        size -= len(part)
+    return b"".join(parts)

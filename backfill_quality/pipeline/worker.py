@@ -1,20 +1,31 @@
 """What the scoring processes run, kept apart so the main process never imports NumPy or Pillow.
 
-The main process only pickles a reference to `score_in_worker`; the worker imports the scoring
-code (preloaded once by the forkserver, so each worker starts ready).
+Each scoring process serves one socket (`serve`): the main process writes a frame per task and
+reads back a frame per answer, in order. A frame is its length (8 bytes, big-endian), then its
+payload; a task's payload is its kind (one byte: `WARM_UP` or `SCORE`) and, for a score, the
+image's bytes as they came from the host (no pickling, no copy on the way out); an answer's
+payload is a pickled `(is_ok, ScoredImage | None | exception)`. The scoring code is imported by
+the forkserver once, so each process starts ready.
 """
 
 from __future__ import annotations
 
 import os
+import pickle
 import signal
+import socket
+import struct
 from multiprocessing.connection import Connection
+from typing import Any
 
 from backfill_quality.config import DetectorChoice, Thresholds
 from backfill_quality.models import ScoredImage
 from backfill_quality.pipeline.lifeline import die_with_parent, hold_lifeline
 
 SCORING_MODULE = "backfill_quality.scoring.score"
+FRAME_HEAD = struct.Struct("!Q")
+WARM_UP = b"W"
+SCORE = b"S"
 
 
 def prepare_worker(lifeline: Connection) -> None:
@@ -42,3 +53,57 @@ def warm_up(detector: DetectorChoice, threads: int) -> None:
     from backfill_quality.scoring.detectors.factory import load_detector
 
     load_detector(detector, threads)
+
+
+def serve(
+    channel: socket.socket,
+    lifeline: Connection,
+    thresholds: Thresholds,
+    max_pixels: int,
+    detector: DetectorChoice,
+    threads: int,
+) -> None:
+    """A scoring process: answer each task read from `channel` until the main process closes
+    it (or dies: then the lifeline ends this process)."""
+    prepare_worker(lifeline)
+    while (task := _read_frame(channel)) is not None:
+        kind, data = task[:1], task[1:]
+        answer: tuple[bool, Any]
+        try:
+            if kind == WARM_UP:
+                warm_up(detector, threads)
+                answer = (True, None)
+            else:
+                answer = (True, score_in_worker(data, thresholds, max_pixels, detector, threads))
+        except Exception as exc:  # the main process raises it where the image was awaited
+            answer = (False, exc)
+        try:
+            payload = pickle.dumps(answer)
+        except Exception as exc:  # an exception that cannot be pickled: its text still can
+            payload = pickle.dumps((False, RuntimeError(f"{exc!r} while answering: {answer!r}")))
+        try:
+            channel.sendall(FRAME_HEAD.pack(len(payload)) + payload)
+        except OSError:  # the main process closed its end: the run is over
+            return
+
+
+def _read_frame(channel: socket.socket) -> bytes | None:
+    """The next frame's payload; None when the main process closed its end."""
+    head = _read_exactly(channel, FRAME_HEAD.size)
+    if head is None:
+        return None
+    return _read_exactly(channel, FRAME_HEAD.unpack(head)[0])
+
+
+def _read_exactly(channel: socket.socket, size: int) -> bytes | None:
+    buffer = bytearray(size)
+    view, got = memoryview(buffer), 0
+    while got < size:
+        try:
+            received = channel.recv_into(view[got:])
+        except OSError:
+            return None
+        if received == 0:
+            return None
+        got += received
+    return bytes(buffer)
