@@ -20,6 +20,7 @@ import pytest
 
 from backfill_quality.config import FetchSettings
 from backfill_quality.errors import FetchError
+from backfill_quality.fetching.exchange import Outgoing, request_head
 from backfill_quality.fetching.fetcher import ImageFetcher
 from backfill_quality.fetching.transport import LeanTransport
 from tests.support.http import closed_port
@@ -46,7 +47,8 @@ class CountingServer:
     /stall (head and 10 of 100 bytes, then nothing) · /truncated (10 of 100 bytes, then close) ·
     /garbage (not HTTP) · /close (`Connection: close`) · /chunked (3 chunks) · /echo (what it got)
     · /gzip, /deflate, /raw-deflate (/img's body with that Content-Encoding) · /extra (/img and
-    four bytes more than its Content-Length)
+    four bytes more than its Content-Length) · the raw answers of `_RAW` (1xx first, a head in
+    pieces, folded or malformed fields, 304, HTTP/1.0, a head cut short)
     """
 
     drops_second_request: bool = False  # close a kept-alive connection instead of answering
@@ -142,6 +144,12 @@ async def _respond(seen: Seen, reader: asyncio.StreamReader, writer: asyncio.Str
     elif path in _ENCODED:
         encoding, data = _ENCODED[path]
         writer.write(_head(200, len(data), f"Content-Encoding: {encoding}\r\n") + data)
+    elif path in _RAW:  # odd but valid (or broken) answers, written as they are, in pieces
+        for piece in _RAW[path]:
+            writer.write(piece)
+            await writer.drain()
+            await asyncio.sleep(0.005)
+        return path not in _RAW_THEN_CLOSE
     elif path == "/extra":  # four bytes more than its Content-Length says
         writer.write(_head(200, len(BODY)) + BODY + b"junk")
     elif path == "/close":
@@ -182,6 +190,20 @@ _ENCODED = {
 
 def _head(status: int, length: int, extra: str = "") -> bytes:
     return f"HTTP/1.1 {status} OK\r\nContent-Length: {length}\r\n{extra}\r\n".encode()
+
+
+_RAW: dict[str, list[bytes]] = {
+    "/continue": [b"HTTP/1.1 100 Continue\r\n\r\n", _head(200, 4) + b"abcd"],
+    "/split": [b"HTTP/1.1 2", b"00 OK\r\nContent-Len", b"gth: 4\r", b"\n\r", b"\nab", b"cd"],
+    "/folded": [b"HTTP/1.1 200 OK\r\nX-Folded: a\r\n b\r\nContent-Length: 4\r\n\r\nabcd"],
+    "/no-reason": [b"HTTP/1.1 200\r\nX-Spaced:   v  \r\nCONTENT-LENGTH: 0004\r\n\r\nabcd"],
+    "/twice": [b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\nContent-Length: 4\r\n\r\nabcd"],
+    "/not-modified": [b'HTTP/1.1 304 Not Modified\r\nContent-Length: 1000\r\nETag: "x"\r\n\r\n'],
+    "/http10": [b"HTTP/1.0 200 OK\r\nContent-Length: 4\r\n\r\nabcd"],
+    "/cut-head": [b"HTTP/1.1 200 OK\r\nContent-Le"],
+    "/bad-field": [b"HTTP/1.1 200 OK\r\nBad Field: x\r\nContent-Length: 4\r\n\r\nabcd"],
+}
+_RAW_THEN_CLOSE = {"/http10", "/cut-head", "/bad-field"}
 
 
 Scenario = Callable[[CountingServer, httpx.AsyncClient], Awaitable[None]]
@@ -496,3 +518,72 @@ def test_the_plain_path_decodes_content_encoding_as_httpx_does(
     _, bodies, through_httpx = _fetch_all(monkeypatch, [path, f"/x/..{path}"])
     assert bodies == [BODY, BODY]
     assert through_httpx == 1
+
+
+# -- the plain path's own head parser: it answers exactly as h11 does, or hands over to h11 ------
+
+PATHS = ["/img", *_RAW, "/chunked", "/close", "/extra", "/truncated", "/gzip", "/garbage", "/img"]
+
+
+async def _exchange_outcomes(
+    server: CountingServer, *, plain: bool, parsers: dict[str, str] | None = None
+) -> list[object]:
+    """Each of PATHS in turn on one transport: status, reason, version, headers and body, or
+    the error's type and text; with the request head written out (`plain`) or through h11.
+    `parsers` gets which parser read each answer's head (`Head`: ours, `Response`: h11's)."""
+    outcomes: list[object] = []
+    transport = LeanTransport()
+    try:
+        for path in PATHS:
+            target = path.encode()
+            fields = [(b"Host", f"127.0.0.1:{server.port}".encode()), (b"Accept", b"*/*")]
+            head = request_head(b"GET", target, fields) if plain else None
+            out = Outgoing("GET", target, fields, head=head)
+            key = ("http", "127.0.0.1", server.port)
+            try:
+                response, stream = await transport.exchange(key, out, {"read": 2.0})
+                body = b"".join([part async for part in stream])
+            except httpx.HTTPError as exc:
+                outcomes.append((path, type(exc).__name__, str(exc)))
+                continue
+            if parsers is not None:
+                parsers[path] = type(response).__name__
+            headers = [(bytes(name), bytes(value)) for name, value in response.headers]
+            version = bytes(response.http_version)
+            outcomes.append((path, response.status_code, bytes(response.reason), version, headers))
+            outcomes.append(body)
+    finally:
+        await transport.aclose()
+    return outcomes
+
+
+def test_the_plain_path_reads_every_answer_as_h11_does() -> None:
+    parsers: dict[str, str] = {}
+
+    async def main() -> tuple[list[object], list[object], int, int]:
+        async with CountingServer() as plain_server, CountingServer() as h11_server:
+            plain = await _exchange_outcomes(plain_server, plain=True, parsers=parsers)
+            through_h11 = await _exchange_outcomes(h11_server, plain=False)
+            return plain, through_h11, plain_server.connections, h11_server.connections
+
+    plain, through_h11, plain_connections, h11_connections = asyncio.run(main())
+    assert plain == through_h11
+    assert plain_connections == h11_connections  # the same connections kept and closed
+    by_path = {outcome[0]: outcome for outcome in plain if isinstance(outcome, tuple)}
+    assert by_path["/split"][1] == 200 and by_path["/continue"][1] == 200
+    assert by_path["/no-reason"][4] == [(b"x-spaced", b"v"), (b"content-length", b"0004")]
+    assert by_path["/not-modified"][1] == 304
+    assert by_path["/garbage"][1] == "RemoteProtocolError"
+    assert by_path["/cut-head"][1] == "RemoteProtocolError"
+    assert by_path["/bad-field"][1] == "RemoteProtocolError"
+    ours = {path for path, parser in parsers.items() if parser == "Head"}
+    assert ours == {"/img", "/split", "/no-reason", "/http10", "/close", "/extra", "/gzip"}
+    assert parsers["/continue"] == parsers["/chunked"] == parsers["/folded"] == "Response"
+
+
+def test_a_request_field_h11_would_refuse_goes_to_h11() -> None:
+    assert request_head(b"GET", b"/a", [(b"Host", b"h"), (b"If-None-Match", b'"x"')]) == (
+        b'GET /a HTTP/1.1\r\nHost: h\r\nIf-None-Match: "x"\r\n\r\n'
+    )
+    assert request_head(b"GET", b"/a", [(b"Host", b"h"), (b"X-Bad", b"x\r\nInjected: 1")]) is None
+    assert request_head(b"GET", b"/a", [(b"Bad Name", b"x")]) is None

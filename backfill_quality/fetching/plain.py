@@ -20,7 +20,7 @@ from typing import Any
 
 import httpx
 
-from backfill_quality.fetching.exchange import Outgoing
+from backfill_quality.fetching.exchange import Outgoing, request_head
 from backfill_quality.fetching.transport import DEFAULT_PORTS, LeanStream, LeanTransport, PoolKey
 
 _PLAIN_URL = re.compile(
@@ -96,7 +96,8 @@ async def send_get(
 ) -> PlainResponse:
     """GET `target` (from `plain_target`) with Host and then `headers`; the response head."""
     key, host_header, path = target
-    out = Outgoing("GET", path, [(b"Host", host_header), *headers])
+    fields = [(b"Host", host_header), *headers]
+    out = Outgoing("GET", path, fields, head=request_head(b"GET", path, fields))
     head, stream = await transport.exchange(key, out, timeouts)
     return PlainResponse(head.status_code, head.reason, head.headers, stream)
 

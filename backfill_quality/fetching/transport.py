@@ -32,6 +32,7 @@ from backfill_quality.fetching.exchange import (
     READ_CHUNK_BYTES,
     Connection,
     Outgoing,
+    ResponseHead,
     StaleConnection,
     fixed_length,
     keeps_alive,
@@ -97,6 +98,7 @@ class LeanTransport(httpx.AsyncBaseTransport):
         head, stream = await self.exchange(
             (scheme, host, url.port or DEFAULT_PORTS[scheme]), out, timeouts
         )
+        assert isinstance(head, h11.Response), "h11 parses every response of this path"
         return httpx.Response(
             head.status_code,
             headers=head.headers.raw_items(),
@@ -106,7 +108,7 @@ class LeanTransport(httpx.AsyncBaseTransport):
 
     async def exchange(
         self, key: PoolKey, out: Outgoing, timeouts: dict[str, Any]
-    ) -> tuple[h11.Response, LeanStream]:
+    ) -> tuple[ResponseHead, LeanStream]:
         """Send `out` to (scheme, host, port): the response head, and its body as a stream
         that gives the connection back when it ends or is closed. No httpx objects are built:
         `ImageFetcher` calls this directly (see `plain.py`), httpx clients through
@@ -149,7 +151,7 @@ class LeanTransport(httpx.AsyncBaseTransport):
 
     async def _exchange_head(
         self, key: PoolKey, pool: _HostPool, out: Outgoing, timeouts: dict[str, Any]
-    ) -> tuple[Connection, h11.Response]:
+    ) -> tuple[Connection, ResponseHead]:
         """Send the request on an idle or new connection; the connection and the response head."""
         conn = self._take_idle(pool)
         if conn is not None:
@@ -341,8 +343,11 @@ class LeanStream(httpx.AsyncByteStream):
             raise
 
     def _take_buffered(self, conn: Connection) -> bytes:
-        """What h11 received past the response head (the body's first bytes)."""
-        data, is_closed = conn.h11.trailing_data
+        """What was received past the response head (the body's first bytes)."""
+        if conn.leftover:
+            data, is_closed, conn.leftover = conn.leftover, False, b""
+        else:
+            data, is_closed = conn.h11.trailing_data
         if is_closed or len(data) > self._left:  # the server closed, or sent more than declared
             self._keep_alive = False
             data = data[: self._left]
