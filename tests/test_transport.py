@@ -44,7 +44,8 @@ class CountingServer:
     """An HTTP/1.1 server in the test's event loop; behaviour chosen by path.
 
     /img (1000 bytes) · /slow (100 ms, then /img) · /big (2 MB, written as the client reads) ·
-    /stall (head and 10 of 100 bytes, then nothing) · /truncated (10 of 100 bytes, then close) ·
+    /stall (head and 10 of 100 bytes, then nothing) · /trickle (100 bytes, 10 every 60 ms) ·
+    /truncated (10 of 100 bytes, then close) ·
     /garbage (not HTTP) · /close (`Connection: close`) · /chunked (3 chunks) · /echo (what it got)
     · /gzip, /deflate, /raw-deflate (/img's body with that Content-Encoding) · /extra (/img and
     four bytes more than its Content-Length) · the raw answers of `_RAW` (1xx first, a head in
@@ -162,6 +163,12 @@ async def _respond(seen: Seen, reader: asyncio.StreamReader, writer: asyncio.Str
         for _ in range(2_000):
             writer.write(b"\x00" * 1000)
             await writer.drain()
+    elif path == "/trickle":  # 100 bytes, 10 every 60 ms
+        writer.write(_head(200, 100))
+        for _ in range(10):
+            await writer.drain()
+            await asyncio.sleep(0.06)
+            writer.write(b"0123456789")
     elif path in ("/stall", "/truncated"):
         writer.write(_head(200, 100) + b"0123456789")
         await writer.drain()
@@ -395,6 +402,16 @@ def test_read_timeout_mid_body() -> None:
         with pytest.raises(httpx.ReadTimeout) as caught:
             await client.get(server.url("/stall"), timeout=httpx.Timeout(2.0, read=0.1))
         assert caught.value.request.url.path == "/stall"
+
+    run(scenario)
+
+
+def test_a_body_that_keeps_coming_never_times_out_however_long_it_takes() -> None:
+    async def scenario(server: CountingServer, client: httpx.AsyncClient) -> None:
+        started_s = time.monotonic()
+        response = await client.get(server.url("/trickle"), timeout=httpx.Timeout(2.0, read=0.2))
+        assert response.content == b"0123456789" * 10
+        assert time.monotonic() - started_s > 0.4  # longer than the read timeout, twice over
 
     run(scenario)
 

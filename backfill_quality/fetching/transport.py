@@ -279,6 +279,10 @@ class LeanStream(httpx.AsyncByteStream):
         self._left = 0  # bytes of it still to read
         self._keep_alive = False
         self._is_started = False
+        self._watch: asyncio.TimerHandle | None = None  # the read timeout's timer
+        self._read_started_s = 0.0
+        self._is_reading = False
+        self._has_timed_out = False
 
     def read_without_h11(self, length: int, *, keep_alive: bool) -> None:
         """The body is `length` bytes: read them without h11; `keep_alive`: the connection may
@@ -324,9 +328,7 @@ class LeanStream(httpx.AsyncByteStream):
             if self._left == 0:
                 self._finish_counted(conn)
                 raise StopAsyncIteration
-            data = await read_some(
-                conn, min(self._left, READ_CHUNK_BYTES), self._read_timeout_s, self._request
-            )
+            data = await self._read_part(conn, min(self._left, READ_CHUNK_BYTES))
             if not data:
                 received = self._length - self._left
                 message = (
@@ -341,6 +343,46 @@ class LeanStream(httpx.AsyncByteStream):
         except BaseException:
             self._give_back(None)
             raise
+
+    async def _read_part(self, conn: Connection, most: int) -> bytes:
+        """`read_some`, the read timeout kept by one timer per body instead of one per read: a
+        body comes in several reads, most of them already buffered, and an `asyncio.timeout`
+        for each cost more of the event loop than the read itself."""
+        timeout_s = self._read_timeout_s
+        if timeout_s is None:
+            return await read_some(conn, most, None, self._request)
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        self._read_started_s = loop.time()
+        if self._watch is None:
+            self._watch = loop.call_at(self._read_started_s + timeout_s, self._on_watch, task)
+        cancelling = task.cancelling()
+        self._is_reading = True
+        try:
+            return await conn.reader.read(most)
+        except asyncio.CancelledError:
+            if self._has_timed_out and task.uncancel() <= cancelling:
+                message = f"no data from the server within {timeout_s:g}s"
+                raise httpx.ReadTimeout(message, request=self._request) from None
+            raise
+        except OSError as exc:  # reset, broken pipe, TLS errors
+            raise httpx.ReadError(str(exc) or type(exc).__name__, request=self._request) from exc
+        finally:
+            self._is_reading = False
+
+    def _on_watch(self, task: asyncio.Task[Any]) -> None:
+        """The body's timer: a read waiting for `read_timeout_s` is cancelled (ReadTimeout)."""
+        self._watch = None
+        if not self._is_reading or self._read_timeout_s is None:
+            return  # the next read sets the timer again
+        loop = asyncio.get_running_loop()
+        due_s = self._read_started_s + self._read_timeout_s
+        if loop.time() < due_s:
+            self._watch = loop.call_at(due_s, self._on_watch, task)
+            return
+        self._has_timed_out = True
+        task.cancel()
 
     def _take_buffered(self, conn: Connection) -> bytes:
         """What was received past the response head (the body's first bytes)."""
@@ -387,6 +429,9 @@ class LeanStream(httpx.AsyncByteStream):
         self._give_back(None)
 
     def _give_back(self, conn: Connection | None) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            self._watch = None
         if self._conn is None:
             return
         if conn is None:
