@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import io
 import os
+import random
+import signal
 import threading
 from collections.abc import Iterator
 from concurrent.futures.process import BrokenProcessPool
@@ -12,7 +16,8 @@ import pytest
 
 from backfill_quality.config import DEFAULT_MAX_PIXELS, DetectorChoice, Thresholds
 from backfill_quality.demo.photos import photo_bytes
-from backfill_quality.errors import BackfillError
+from backfill_quality.errors import BackfillError, DecodeError
+from backfill_quality.models import ScoredImage
 from backfill_quality.pipeline.scoringpool import (
     KEEP_CRASHING,
     MAX_POOL_CRASHES,
@@ -36,9 +41,14 @@ def restarts() -> list[str]:
 
 
 @pytest.fixture
-def pool(give_ups: list[BackfillError], restarts: list[str]) -> Iterator[ScoringPool]:
+def workers() -> int:
+    return 1
+
+
+@pytest.fixture
+def pool(give_ups: list[BackfillError], restarts: list[str], workers: int) -> Iterator[ScoringPool]:
     scoring_pool = ScoringPool(
-        workers=1,
+        workers=workers,
         thresholds=Thresholds(),
         max_pixels=DEFAULT_MAX_PIXELS,
         detector=DetectorChoice(),
@@ -103,3 +113,54 @@ def test_no_replacement_once_the_run_is_interrupted(
             asyncio.run(pool.score(PHOTO))
     assert give_ups == []
     assert restarts == []
+
+
+def test_an_image_larger_than_the_socket_buffer_arrives_whole(
+    pool: ScoringPool, restarts: list[str]
+) -> None:
+    from PIL import Image
+
+    rng = random.Random(7)
+    noise = Image.frombytes("RGB", (1400, 1400), rng.randbytes(1400 * 1400 * 3))
+    encoded = io.BytesIO()
+    noise.save(encoded, "JPEG", quality=95)
+    data = encoded.getvalue()
+    assert len(data) > 2_000_000  # several times what a socket holds
+
+    async def both() -> list[ScoredImage]:
+        return await asyncio.gather(pool.score(data), pool.score(PHOTO))
+
+    big, small = asyncio.run(both())
+    assert (big.byte_size, big.content_sha256) == (len(data), hashlib.sha256(data).hexdigest())
+    assert small.content_sha256 == hashlib.sha256(PHOTO).hexdigest()
+    assert restarts == []
+
+
+def test_bytes_that_are_no_image_raise_decode_error_and_the_process_stays(
+    pool: ScoringPool, restarts: list[str]
+) -> None:
+    pid = pool.pids[0]
+    with pytest.raises(DecodeError):
+        asyncio.run(pool.score(b"not an image at all"))
+    assert asyncio.run(pool.score(PHOTO)).content_sha256 == hashlib.sha256(PHOTO).hexdigest()
+    assert pool.pids == [pid] and restarts == []
+
+
+@pytest.mark.parametrize("workers", [2])
+def test_one_process_killed_holding_two_images_is_replaced_once_and_both_scored_again(
+    pool: ScoringPool, give_ups: list[BackfillError], restarts: list[str]
+) -> None:
+    victim, survivor = pool.pids
+
+    async def four_then_kill() -> list[ScoredImage]:
+        scoring = [asyncio.ensure_future(pool.score(PHOTO)) for _ in range(4)]
+        await asyncio.sleep(0.01)  # two images sent to each process, none answered yet
+        assert victim is not None
+        os.kill(victim, signal.SIGKILL)
+        return await asyncio.gather(*scoring)
+
+    scored = asyncio.run(four_then_kill())
+    assert {s.content_sha256 for s in scored} == {hashlib.sha256(PHOTO).hexdigest()}
+    assert restarts == [RESTARTED]  # one death, one replacement, however many images it held
+    assert give_ups == []
+    assert survivor in pool.pids and victim not in pool.pids

@@ -108,6 +108,11 @@ class ScoringPool:
         self._waited_s = 0.0
         self._counted_until_s = time.monotonic()
 
+    @property
+    def pids(self) -> list[int | None]:
+        """The process ids of the scoring processes (None before they start)."""
+        return [entry.process.pid for entry in self._processes]
+
     def waited_s(self) -> float:
         """Seconds the scoring processes have waited for images so far, averaged over them
         (2 processes, one idle for 1 s: 0.5). What `--concurrency auto` grows on."""
