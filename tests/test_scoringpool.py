@@ -164,3 +164,28 @@ def test_one_process_killed_holding_two_images_is_replaced_once_and_both_scored_
     assert restarts == [RESTARTED]  # one death, one replacement, however many images it held
     assert give_ups == []
     assert survivor in pool.pids and victim not in pool.pids
+
+
+def test_images_are_scored_in_the_order_they_came_none_overtakes_one_waiting(
+    pool: ScoringPool,
+) -> None:
+    order: list[str] = []
+
+    async def scenario() -> None:
+        async def first_then_fourth() -> None:
+            await pool.score(PHOTO)
+            order.append("first")
+            # asks in the same turn its room is given back, while "third" still waits for room
+            await pool.score(PHOTO)
+            order.append("fourth")
+
+        async def one(name: str) -> None:
+            await pool.score(PHOTO)
+            order.append(name)
+
+        leader = asyncio.ensure_future(first_then_fourth())
+        await asyncio.sleep(0)
+        await asyncio.gather(leader, one("second"), one("third"))
+
+    asyncio.run(scenario())
+    assert order == ["first", "second", "third", "fourth"]

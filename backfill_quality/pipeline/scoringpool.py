@@ -101,7 +101,7 @@ class ScoringPool:
         self._processes: list[_Process] = []
         self._retired: list[_Process] = []  # dead and replaced; their sockets close at the end
         self._loop: asyncio.AbstractEventLoop | None = None  # the loop reading the sockets
-        self._waiters: deque[asyncio.Future[None]] = deque()  # images waiting for a process
+        self._waiters: deque[asyncio.Future[_Process]] = deque()  # images waiting for room
         self._crashes = 0
         self._is_replacing = True
         self._outstanding = 0  # images handed to the pool and not yet scored
@@ -222,34 +222,39 @@ class ScoringPool:
             self._count_idle()
             self._outstanding -= 1
             if entry is not None:
-                entry.load -= 1
-                self._wake_one()
+                self._release(entry)
 
     async def _take(self) -> _Process:
-        """The least busy process with room for one more image (waits for one if none has);
-        a dead one not replaced yet counts as having room: the attempt fails at once."""
-        while True:
-            if not self._processes:
-                raise BrokenProcessPool("the scoring processes were shut down")
+        """The least busy process with room for one more image, in the order the images came
+        (a later one never overtakes one waiting); a dead one not replaced yet counts as having
+        room: the attempt fails at once."""
+        if not self._processes:
+            raise BrokenProcessPool("the scoring processes were shut down")
+        if not self._waiters:
             entry = min(self._processes, key=_load)
             if entry.load < TASKS_PER_PROCESS:
                 entry.load += 1
                 return entry
-            waiter = asyncio.get_running_loop().create_future()
-            self._waiters.append(waiter)
-            try:
-                await waiter
-            except asyncio.CancelledError:
-                if waiter.done() and not waiter.cancelled():
-                    self._wake_one()  # woken and cancelled at once: pass the turn on
-                raise
+        waiter: asyncio.Future[_Process] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            return await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():  # given room, then cancelled: pass it on
+                self._release(waiter.result())
+            raise
 
-    def _wake_one(self) -> None:
-        while self._waiters:
+    def _release(self, entry: _Process) -> None:
+        """One image fewer for `entry`; the room goes to the images waiting, oldest first."""
+        entry.load -= 1
+        while self._waiters and self._processes:
+            free = min(self._processes, key=_load)
+            if free.load >= TASKS_PER_PROCESS:
+                return
             waiter = self._waiters.popleft()
             if not waiter.done():
-                waiter.set_result(None)
-                return
+                free.load += 1
+                waiter.set_result(free)
 
     async def _ask(self, entry: _Process, data: bytes) -> Any:
         """Send one image to `entry` and wait for its answer (raised if it is an exception)."""
