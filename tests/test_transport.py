@@ -207,6 +207,7 @@ _RAW: dict[str, list[bytes]] = {
     "/twice": [b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\nContent-Length: 4\r\n\r\nabcd"],
     "/not-modified": [b'HTTP/1.1 304 Not Modified\r\nContent-Length: 1000\r\nETag: "x"\r\n\r\n'],
     "/http10": [b"HTTP/1.0 200 OK\r\nContent-Length: 4\r\n\r\nabcd"],
+    "/bare-lf": [b"HTTP/1.1 200 OK\nContent-Length: 4\n\nabcd"],
     "/cut-head": [b"HTTP/1.1 200 OK\r\nContent-Le"],
     "/bad-field": [b"HTTP/1.1 200 OK\r\nBad Field: x\r\nContent-Length: 4\r\n\r\nabcd"],
 }

@@ -37,6 +37,7 @@ _FIELD_LINE = re.compile(
     rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*"
     rb"((?:[\x21-\x7e\x80-\xff](?:[\t\x20-\x7e\x80-\xff]*[\x21-\x7e\x80-\xff])?)?)[ \t]*"
 )
+_HEAD_END = re.compile(rb"\n\r?\n")  # where h11 ends a head: its lines may end in a bare LF
 _FIELD_NAME = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _FIELD_VALUE = re.compile(
     rb"(?:[\x21-\x7e\x80-\xff](?:[\t\x20-\x7e\x80-\xff]*[\x21-\x7e\x80-\xff])?)?"
@@ -172,7 +173,8 @@ async def send_and_read_head(
             conn.writer.write(out.head)
             await drain(conn.writer, timeouts.get("write"), request)
             raw, end, is_closed = await _read_raw_head(conn, timeouts.get("read"), request)
-            head = parse_head(raw[: end - 4]) if end > 0 else None
+            is_crlf = end > 0 and raw.endswith(b"\r\n\r\n", 0, end)  # else h11 reads it
+            head = parse_head(raw[: end - 4]) if is_crlf else None
             if head is not None and fixed_length(out, head) is not None:
                 conn.leftover = raw[end:]
                 return head
@@ -203,8 +205,8 @@ async def _read_raw_head(
     conn: Connection, timeout_s: float | None, request: httpx.Request | None
 ) -> tuple[bytes, int, bool]:
     """What the server sent up to the end of the response head and maybe beyond, where the
-    head ends (past its empty line; -1 if it did not within MAX_HEAD_BYTES or before the end
-    of file), and whether the server closed its side."""
+    head ends (past its empty line, found as h11 finds it; -1 if it did not end within
+    MAX_HEAD_BYTES or before the end of file), and whether the server closed its side."""
     raw = b""
     while True:
         data = await read_some(conn, READ_CHUNK_BYTES, timeout_s, request)
@@ -216,9 +218,9 @@ async def _read_raw_head(
                 )
             return raw, -1, True
         raw += data
-        end = raw.find(b"\r\n\r\n")
-        if end >= 0:
-            return raw, end + 4, False
+        blank = _HEAD_END.search(raw)
+        if blank is not None:
+            return raw, blank.end(), False
         if len(raw) > MAX_HEAD_BYTES:
             return raw, -1, False
 
