@@ -371,24 +371,15 @@ def run_trial(
         server.latency_s = latency_ms / 1000.0
         server_tid = next(t.native_id for t in _threads() if t.name == "image-server")
         profile = Path(f"{args.profile}.{trial}") if args.profile and trial > 0 else args.profile
+        run_args = [*shlex.split(args.run_args), "--detector", detector]
         run = run_end_to_end(
-            database_url,
-            OUT_DIR / f"run-{name}",
-            [*shlex.split(args.run_args), "--detector", detector],
-            postmaster,
-            server_tid or 0,
-            profile,
+            database_url, OUT_DIR / f"run-{name}", run_args, postmaster, server_tid or 0, profile
         )
         run["unscored_after"] = count_unscored(database_url)
         # the same command again on the now fully scored table: only its start-up (imports,
         # the forkserver and its preload, the pool's warm-up, the checks of the table) is left
         empty = run_end_to_end(
-            database_url,
-            OUT_DIR / f"run-{name}-empty",
-            [*shlex.split(args.run_args), "--detector", detector],
-            postmaster,
-            server_tid or 0,
-            None,
+            database_url, OUT_DIR / f"run-{name}-empty", run_args, postmaster, server_tid or 0, None
         )
         run["startup_cpu_s"] = empty["cpu_s"]["run_main"] + empty["cpu_s"]["run_mp_helpers"]
         cursor = reopen_tail(database_url, TAIL_ROWS)
