@@ -9,6 +9,7 @@ import os
 import random
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures.process import BrokenProcessPool
 
@@ -189,3 +190,14 @@ def test_images_are_scored_in_the_order_they_came_none_overtakes_one_waiting(
 
     asyncio.run(scenario())
     assert order == ["first", "second", "third", "fourth"]
+
+
+def test_shutdown_kills_a_process_that_does_not_end_in_time(pool: ScoringPool) -> None:
+    (pid,) = pool.pids
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)  # hung: it will never read that its socket closed
+    started_s = time.monotonic()
+    pool.shutdown(wait_s=0.5)
+    assert time.monotonic() - started_s < 5
+    with pytest.raises(ProcessLookupError):  # killed and reaped
+        os.kill(pid, 0)

@@ -178,15 +178,15 @@ class ScoringPool:
             if not entry.is_dead:
                 loop.remove_reader(entry.channel.fileno())
 
-    def shutdown(self) -> None:
+    def shutdown(self, wait_s: float = EXIT_WAIT_S) -> None:
         """Stop the processes: each ends once it has finished the image it is scoring (the
-        images waiting behind it are dropped); one that takes longer than EXIT_WAIT_S is killed."""
+        images waiting behind it are dropped); one that takes longer than `wait_s` is killed."""
         entries, self._processes, self._retired = [*self._processes, *self._retired], [], []
         for entry in entries:
             with contextlib.suppress(OSError):
                 entry.channel.shutdown(socket.SHUT_RDWR)  # wakes a warm-up blocked on it
             entry.channel.close()
-        deadline_s = time.monotonic() + EXIT_WAIT_S
+        deadline_s = time.monotonic() + wait_s
         for entry in entries:
             entry.process.join(max(0.0, deadline_s - time.monotonic()))
             if entry.process.exitcode is None:
