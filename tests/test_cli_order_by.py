@@ -145,6 +145,7 @@ def test_rows_are_written_in_the_columns_order_ties_by_key_nulls_last(
     assert checkpoint["finished"] is True and checkpoint["lastProcessedId"] == expected[-1]
 
 
+@pytest.mark.slow  # an interrupt trial (about 6 s)
 def test_sigint_then_resume_continues_at_the_composite_cursor(
     database_url: str, tmp_path: Path
 ) -> None:

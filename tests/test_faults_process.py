@@ -379,6 +379,7 @@ def test_sigkill_before_the_first_checkpoint_then_resume_finishes(
     assert table.audit_writes() == Counter(str(row.id) for row in rows)
 
 
+@pytest.mark.slow  # an interrupt trial (about 7 s)
 def test_a_row_failed_beyond_the_mark_is_counted_once_after_resume(
     database_url: str, tmp_path: Path
 ) -> None:

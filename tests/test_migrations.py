@@ -319,6 +319,7 @@ def test_a_lock_held_elsewhere_is_waited_for_briefly_then_the_step_retried(
     assert conn.execute("SHOW lock_timeout").fetchone() == ("0",)
 
 
+@pytest.mark.slow  # waits out every lock retry (about 6 s)
 def test_a_lock_held_longer_than_every_retry_is_a_clear_error(
     conn: psycopg.Connection[Any], database_url: str
 ) -> None:

@@ -314,6 +314,7 @@ def test_a_row_reset_since_it_was_read_is_skipped(database_url: str) -> None:
 # --- interrupted and resumed -------------------------------------------------------------------
 
 
+@pytest.mark.slow  # an interrupt trial (about 6 s)
 def test_a_rescore_interrupted_and_resumed_rescores_every_row_exactly_once(
     database_url: str, tmp_path: Path
 ) -> None:

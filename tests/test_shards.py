@@ -135,6 +135,7 @@ def test_integer_keys_are_split_into_contiguous_ranges_of_min_to_max(
         assert ids and lo <= ids[0] and ids[-1] < hi, (index, ids)
 
 
+@pytest.mark.slow  # a scale-out trial with rows arriving (about 6 s)
 def test_integer_workers_started_apart_while_rows_arrive_leave_no_gap(
     tmp_path: Path, database_url: str, image_server: ImageServer
 ) -> None:
