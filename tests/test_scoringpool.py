@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import io
 import os
+import pickle
 import random
 import signal
 import threading
@@ -25,6 +26,7 @@ from backfill_quality.pipeline.scoringpool import (
     RESTARTED,
     ScoringPool,
 )
+from backfill_quality.pipeline.worker import encode_answer
 from backfill_quality.scoring.score import score_for_run
 from tests.support.faults import kill_scoring_workers
 
@@ -201,3 +203,19 @@ def test_shutdown_kills_a_process_that_does_not_end_in_time(pool: ScoringPool) -
     assert time.monotonic() - started_s < 5
     with pytest.raises(ProcessLookupError):  # killed and reaped
         os.kill(pid, 0)
+
+
+class _TwoArgumentError(Exception):
+    """An exception pickle cannot rebuild (its constructor wants two arguments, it got one)."""
+
+    def __init__(self, what: str, why: str) -> None:
+        super().__init__(f"{what}: {why}")
+
+
+def test_an_error_the_main_process_could_not_rebuild_arrives_as_text() -> None:
+    is_ok, error = pickle.loads(encode_answer((False, _TwoArgumentError("decoder", "exploded"))))
+    assert is_ok is False
+    assert isinstance(error, RuntimeError)
+    assert "decoder: exploded" in str(error) and "_TwoArgumentError" in str(error)
+    plain = pickle.loads(encode_answer((False, DecodeError("not an image"))))
+    assert plain[0] is False and isinstance(plain[1], DecodeError)

@@ -77,14 +77,24 @@ def serve(
                 answer = (True, score_in_worker(data, thresholds, max_pixels, detector, threads))
         except Exception as exc:  # the main process raises it where the image was awaited
             answer = (False, exc)
-        try:
-            payload = pickle.dumps(answer)
-        except Exception as exc:  # an exception that cannot be pickled: its text still can
-            payload = pickle.dumps((False, RuntimeError(f"{exc!r} while answering: {answer!r}")))
+        payload = encode_answer(answer)
         try:
             channel.sendall(FRAME_HEAD.pack(len(payload)) + payload)
         except OSError:  # the main process closed its end: the run is over
             return
+
+
+def encode_answer(answer: tuple[bool, Any]) -> bytes:
+    """The answer pickled; an exception that could not be rebuilt on the other side (pickling
+    or unpickling fails) goes as a RuntimeError with its text, never as a broken stream."""
+    is_ok, value = answer
+    try:
+        payload = pickle.dumps(answer)
+        if not is_ok:
+            pickle.loads(payload)  # errors are rare: check that the main process can read it
+    except Exception as exc:
+        payload = pickle.dumps((False, RuntimeError(f"{value!r} (sent as text: {exc!r})")))
+    return payload
 
 
 def _read_frame(channel: socket.socket) -> bytes | None:
