@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import signal
 from collections.abc import Callable
@@ -53,8 +54,7 @@ class StopSignals:
         loop = asyncio.get_running_loop()
         for signum, previous in self._previous.items():
             loop.remove_signal_handler(signum)
-            is_default = previous in (signal.SIG_DFL, signal.default_int_handler)
-            signal.signal(signum, _after_the_run if is_default else previous)
+            signal.signal(signum, _after_the_run if _is_default(previous) else previous)
         self._previous.clear()
 
     def _handle(self, name: str) -> None:
@@ -65,6 +65,17 @@ class StopSignals:
 
 
 _late_signals: list[str] = []
+
+
+def _is_default(handler: Any) -> bool:
+    """Python's own handling: the defaults, or the SIGINT handler `asyncio.run` installs in
+    their place for as long as it runs (it puts `default_int_handler` back when it returns,
+    unless another handler replaced its own: a Ctrl+C after the run would raise
+    KeyboardInterrupt and exit 130 with the run finished)."""
+    if handler in (signal.SIG_DFL, signal.default_int_handler):
+        return True
+    method = handler.func if isinstance(handler, functools.partial) else handler
+    return isinstance(getattr(method, "__self__", None), asyncio.Runner)
 
 
 def _after_the_run(signum: int, frame: object) -> None:
