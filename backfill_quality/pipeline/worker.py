@@ -67,7 +67,7 @@ def serve(
     it (or dies: then the lifeline ends this process)."""
     prepare_worker(lifeline)
     while (task := _read_frame(channel)) is not None:
-        kind, data = task[:1], task[1:]
+        kind, data = task[:1], bytes(memoryview(task)[1:])  # the image: one copy, no more
         answer: tuple[bool, Any]
         try:
             if kind == WARM_UP:
@@ -97,7 +97,7 @@ def encode_answer(answer: tuple[bool, Any]) -> bytes:
     return payload
 
 
-def _read_frame(channel: socket.socket) -> bytes | None:
+def _read_frame(channel: socket.socket) -> bytearray | None:
     """The next frame's payload; None when the main process closed its end."""
     head = _read_exactly(channel, FRAME_HEAD.size)
     if head is None:
@@ -105,7 +105,7 @@ def _read_frame(channel: socket.socket) -> bytes | None:
     return _read_exactly(channel, FRAME_HEAD.unpack(head)[0])
 
 
-def _read_exactly(channel: socket.socket, size: int) -> bytes | None:
+def _read_exactly(channel: socket.socket, size: int) -> bytearray | None:
     buffer = bytearray(size)
     view, got = memoryview(buffer), 0
     while got < size:
@@ -116,4 +116,4 @@ def _read_exactly(channel: socket.socket, size: int) -> bytes | None:
         if received == 0:
             return None
         got += received
-    return bytes(buffer)
+    return buffer
